@@ -1,0 +1,47 @@
+# electra_ray — the two set-up commands are `make demo` and `make test`.
+# Both create .venv if needed and install everything (CPU torch first, then the project).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Torch first: the CPU wheel lies on disk; a plain `torch` requirement would pull a CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_corpus.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check electra_ray jobs tests benchmarks scripts
+	$(PY) -m ruff format --check electra_ray jobs tests benchmarks scripts
+
+clean:
+	rm -rf build demo_output .pytest_cache

@@ -1,0 +1,3 @@
+"""electra_ray: Japanese ELECTRA pretraining from the Wikipedia dump, on Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""What every job entry point shares: connecting to Ray, clean errors, the final JSON line.
+
+Contract: every job runs as ``python jobs/X.py …`` (starting a local Ray when none is running) and
+as ``ray job submit --working-dir . -- python jobs/X.py …``; the last line it prints on stdout is
+one JSON object with its result. Errors in the input print one ``error: …`` line naming the file
+and what is wrong, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from electra_ray.storage import StorageError
+
+#: Exceptions that mean "bad input or configuration": shown as one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, StorageError, FileNotFoundError, PermissionError)
+
+
+def init_ray() -> None:
+    """Connect to the running cluster (``RAY_ADDRESS`` or a local ``ray start``), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS") or None,
+        log_to_driver=True,
+        # Credentials and the S3 endpoint must reach every worker process.
+        runtime_env={"env_vars": _forwarded_env()} if _forwarded_env() and not os.environ.get("RAY_ADDRESS") else None,
+    )
+
+
+def _forwarded_env() -> dict[str, str]:
+    keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "ELECTRA_RAY_IO_RETRIES")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The user-level exception inside Ray's wrappers (RayTaskError, UserCodeException, …)."""
+    seen = set()
+    e: BaseException | None = exc
+    best = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, USER_ERRORS):
+            best = e
+        cause = getattr(e, "cause", None)
+        e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
+    return best
+
+
+def run(main: Callable[[list[str] | None], dict[str, Any]], argv: list[str] | None = None) -> int:
+    """Run a job's main; print its result as the last stdout line, or one clear error line."""
+    try:
+        result = main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        cause = root_cause(exc)
+        if isinstance(cause, USER_ERRORS):
+            msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            print(f"error: {msg}", file=sys.stderr)
+            print(json.dumps({"ok": False, "error": msg}, ensure_ascii=False))
+            return 2
+        raise
+    print(json.dumps({"ok": True, **result}, ensure_ascii=False, default=str))
+    return 0

@@ -1,0 +1,134 @@
+"""Typed, frozen job configs.
+
+Every job builds one config object from its flags, prints it at start and saves it beside its
+output (and inside every checkpoint, later). The pattern:
+
+- keyword-only frozen dataclasses, one docstring line per field (``field(metadata={"help": ...})``);
+- ``validate()`` runs in ``__post_init__`` and raises :class:`ConfigError` with a message that says
+  what to change;
+- ``from_dict`` rejects unknown keys, so a config saved by another version fails loudly instead of
+  being half-read;
+- ``fingerprint()`` is a short stable hash of the settings that change the output, used to refuse
+  mixing two different runs in one output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message says which field and what to change."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Base class: validation, dict round-trip, fingerprint."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(names)}")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                v = data[f.name]
+                # JSON has no tuples: turn lists back into tuples where the field is a tuple.
+                if isinstance(v, list) and str(f.type).startswith("tuple"):
+                    v = tuple(v)
+                values[f.name] = v
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2, sort_keys=True)
+
+    def fingerprint(self, exclude: tuple[str, ...] = ()) -> str:
+        data = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """Human-readable listing, one field a line, for the job's start banner."""
+        lines = [f"{type(self).__name__}:"]
+        for f in dataclasses.fields(self):
+            lines.append(f"  {f.name} = {getattr(self, f.name)!r}")
+        return "\n".join(lines)
+
+
+def help_of(cls: type[Config], name: str) -> str:
+    """The help text of a config field (used by the jobs' argparse flags)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanConfig(Config):
+    """How wikitext becomes sentences (wiki/clean.py, wiki/sentences.py)."""
+
+    min_sentence_chars: int = field(default=10, metadata={"help": "drop sentences shorter than this (characters, after NFKC)"})
+    max_sentence_chars: int = field(default=1000, metadata={"help": "drop sentences longer than this (characters, after NFKC)"})
+    keep_list_items: bool = field(default=True, metadata={"help": "keep list items that are whole sentences (end in 。！？)"})
+    max_page_bytes: int = field(default=4_000_000, metadata={"help": "skip pages whose wikitext is larger (UTF-8 bytes)"})
+    max_page_seconds: float = field(default=5.0, metadata={"help": "skip a page whose cleaning takes longer than this"})
+
+    def validate(self) -> None:
+        _check(self.min_sentence_chars >= 1, f"min_sentence_chars must be >= 1, got {self.min_sentence_chars}")
+        _check(
+            self.max_sentence_chars > self.min_sentence_chars,
+            f"max_sentence_chars ({self.max_sentence_chars}) must be larger than min_sentence_chars ({self.min_sentence_chars})",
+        )
+        _check(self.max_page_bytes > 0, f"max_page_bytes must be positive, got {self.max_page_bytes}")
+        _check(self.max_page_seconds > 0, f"max_page_seconds must be positive, got {self.max_page_seconds}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusConfig(Config):
+    """jobs/prepare_corpus.py: dump → Parquet corpus shards."""
+
+    dump: str = field(metadata={"help": "the dump: .xml, .xml.bz2 or multistream .xml.bz2 (local path or s3://)"})
+    output: str = field(metadata={"help": "output folder (local path or s3://bucket/prefix)"})
+    index: str | None = field(default=None, metadata={"help": "multistream index (-index.txt.bz2); enables parallel ranged reads"})
+    pages_per_shard: int = field(default=10_000, metadata={"help": "dump pages per output shard (fixed by the data, not the worker count)"})
+    formats: tuple[str, ...] = field(default=("parquet",), metadata={"help": "outputs: parquet always; 'text' adds one-sentence-a-line files"})
+    max_workers: int | None = field(default=None, metadata={"help": "most parallel cleaners (default: the cluster's CPUs)"})
+    clean: CleanConfig = field(default_factory=CleanConfig, metadata={"help": "cleaning settings"})
+
+    def validate(self) -> None:
+        _check(bool(self.dump), "--dump is required")
+        _check(bool(self.output), "--output is required")
+        _check(self.pages_per_shard >= 1, f"pages_per_shard must be >= 1, got {self.pages_per_shard}")
+        bad = sorted(set(self.formats) - {"parquet", "text"})
+        _check(not bad, f"unknown output format(s) {bad}; choose from 'parquet', 'text'")
+        _check("parquet" in self.formats, "the parquet output is always written; formats must include 'parquet'")
+        _check(self.max_workers is None or self.max_workers >= 1, f"max_workers must be >= 1, got {self.max_workers}")
+        if isinstance(self.clean, dict):  # from_dict of a saved config
+            object.__setattr__(self, "clean", CleanConfig.from_dict(self.clean))
+
+    def output_fingerprint(self) -> str:
+        """What decides the shards' content; a relaunch must match it to reuse finished shards."""
+        data = {"pages_per_shard": self.pages_per_shard, "formats": sorted(self.formats), "clean": self.clean.to_dict()}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

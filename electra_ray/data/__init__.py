@@ -1,0 +1,1 @@
+"""Ray Data assembly of the data stages and their pure per-document functions."""

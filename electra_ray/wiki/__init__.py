@@ -1,0 +1,1 @@
+"""Japanese Wikipedia dumps: reading pages, cleaning wikitext, splitting sentences."""
