@@ -146,18 +146,27 @@ def retry(uri: str, fn: Callable[[], R], *, attempts: int | None = None) -> R:
 # reads
 
 
+def _fresh(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Forget cached listings: other processes (Ray workers) write to the same bucket."""
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
+    _fresh(fs, path)
     return retry(uri, lambda: fs.exists(path))
 
 
 def size(uri: str) -> int:
     fs, path = filesystem(uri)
+    _fresh(fs, path)
     return int(retry(uri, lambda: fs.size(path)))
 
 
 def info(uri: str) -> dict[str, Any]:
     fs, path = filesystem(uri)
+    _fresh(fs, path)
     return retry(uri, lambda: fs.info(path))
 
 
@@ -204,6 +213,7 @@ def iter_chunks(uri: str, chunk_size: int = 4 << 20, start: int = 0) -> Iterator
 def list_files(uri: str, suffix: str = "") -> list[str]:
     """URIs of the files directly under a folder (sorted); [] when the folder does not exist."""
     fs, path = filesystem(uri)
+    _fresh(fs, path)
     try:
         entries = retry(uri, lambda: fs.ls(path, detail=True))
     except StorageError as e:

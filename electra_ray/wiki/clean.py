@@ -180,7 +180,7 @@ def prepass(text: str, tables: Tables) -> str:
             text = _NOWIKI.sub(lambda m: (m.group(1) or "").translate(_NOWIKI_ESCAPE), text)
         if "<r" in text:
             text = _RUBY_EXTRA.sub("", text)
-        text = _BR.sub("\n", text)
+        text = _BR.sub("\n\n", text)  # a visible line break ends the paragraph
         text = _ANY_TAG.sub("", text)
     if "{|" in text:
         text = _drop_tables(text)
