@@ -44,14 +44,14 @@ def root_cause(exc: BaseException) -> BaseException:
     """The user-level exception inside Ray's wrappers (RayTaskError, UserCodeException, …)."""
     seen = set()
     e: BaseException | None = exc
-    best = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, USER_ERRORS):
-            best = e
+        wrapper = type(e).__name__.startswith(("RayTaskError", "UserCodeException", "RayError"))
+        if isinstance(e, USER_ERRORS) and not wrapper:
+            return e  # the outermost real one: it carries our message (file, position)
         cause = getattr(e, "cause", None)
         e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
-    return best
+    return exc
 
 
 def run(main: Callable[[list[str] | None], dict[str, Any]], argv: list[str] | None = None) -> int:

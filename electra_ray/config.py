@@ -89,7 +89,7 @@ def _check(cond: bool, msg: str) -> None:
 class CleanConfig(Config):
     """How wikitext becomes sentences (wiki/clean.py, wiki/sentences.py)."""
 
-    min_sentence_chars: int = field(default=10, metadata={"help": "drop sentences shorter than this (characters, after NFKC)"})
+    min_sentence_chars: int = field(default=5, metadata={"help": "drop sentences shorter than this (characters, after NFKC)"})
     max_sentence_chars: int = field(default=1000, metadata={"help": "drop sentences longer than this (characters, after NFKC)"})
     keep_list_items: bool = field(default=True, metadata={"help": "keep list items that are whole sentences (end in 。！？)"})
     max_page_bytes: int = field(default=4_000_000, metadata={"help": "skip pages whose wikitext is larger (UTF-8 bytes)"})

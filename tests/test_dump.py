@@ -175,3 +175,12 @@ def test_index_offset_beyond_the_dump(dump, tmp_path):
     bad.write_text("100:1:a\n99999999:2:b\n", encoding="utf-8")
     with pytest.raises(DumpError, match="beyond the end"):
         plan_shards(read_index(str(bad)), os.path.getsize(paths["multistream"]), 10, paths["multistream"], str(bad))
+
+
+def test_committed_sample_dump_matches_its_sources():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "scripts", "build_sample_dump.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

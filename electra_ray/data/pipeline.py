@@ -108,8 +108,8 @@ def _make_datasource(cfg: CorpusConfig, done: set[int]):
                 index = read_index(cfg.index)
                 size = storage.size(cfg.dump)
                 specs = plan_shards(index, size, cfg.pages_per_shard, cfg.dump, cfg.index)
-                self.head = read_head(cfg.dump, index.offsets[0])
                 check_stream_starts(cfg.dump, specs, cfg.index)
+                self.head = read_head(cfg.dump, index.offsets[0], cfg.index)
                 self.specs = specs
 
         def get_name(self) -> str:
@@ -279,5 +279,6 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
         "shards_resumed": len(done),
         "command": " ".join(sys.argv),
     }
+    manifest = json.loads(json.dumps(manifest))  # exactly what a reader of manifest.json gets
     storage.write_json(manifest_uri, manifest)
     return manifest

@@ -314,12 +314,20 @@ def plan_shards(index: Index, dump_size: int, pages_per_shard: int, dump: str = 
     return specs
 
 
-def read_head(dump: str, first_offset: int) -> bytes:
+def read_head(dump: str, first_offset: int, index_uri: str = "the index") -> bytes:
     """The dump's root start tag (``<mediawiki xmlns=…>``), from the stream before the first page."""
     if first_offset <= 0:
-        raise DumpError(f"{dump}: the index's first offset is 0; a multistream dump starts with a <siteinfo> stream")
+        raise DumpError(f"{index_uri}: the first offset is 0; a multistream dump starts with a <siteinfo> stream")
     raw = storage.read_range(dump, 0, first_offset)
-    xml = b"".join(bz2_streams([(0, raw)], dump))
+    try:
+        xml = b"".join(bz2_streams([(0, raw)], dump))
+    except DumpError as e:
+        if storage.read_range(dump, 0, 3) != BZ2_MAGIC:
+            raise
+        raise DumpError(
+            f"{index_uri}: the first offset {first_offset} is not a bz2 stream boundary of {dump}: "
+            "the index does not belong to this dump"
+        ) from e
     m = _ROOT_START.search(xml)
     if not m or _EXPORT_NS.encode() not in m.group():
         raise DumpError(f"{dump}: not a MediaWiki XML export (no <mediawiki xmlns=\"{_EXPORT_NS}…\"> in its first stream)")
