@@ -43,7 +43,14 @@ def make(output: str, size_mb: float, seed: int = 0) -> dict:
 
     t0 = time.time()
     write_multistream(counted(), dump, index, pages_per_stream=100, level=9)
-    out = {**want, **stats, "dump": dump, "index": index, "dump_bytes": os.path.getsize(dump), "seconds": round(time.time() - t0, 1)}
+    out = {
+        **want,
+        **stats,
+        "dump": dump,
+        "index": index,
+        "dump_bytes": os.path.getsize(dump),
+        "seconds": round(time.time() - t0, 1),
+    }
     with open(meta, "w") as f:
         json.dump(out, f, indent=2)
     return out

@@ -31,12 +31,20 @@ def init_ray() -> None:
         address=os.environ.get("RAY_ADDRESS") or None,
         log_to_driver=True,
         # Credentials and the S3 endpoint must reach every worker process.
-        runtime_env={"env_vars": _forwarded_env()} if _forwarded_env() and not os.environ.get("RAY_ADDRESS") else None,
+        runtime_env={"env_vars": _forwarded_env()}
+        if _forwarded_env() and not os.environ.get("RAY_ADDRESS")
+        else None,
     )
 
 
 def _forwarded_env() -> dict[str, str]:
-    keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "ELECTRA_RAY_IO_RETRIES")
+    keys = (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "ELECTRA_RAY_IO_RETRIES",
+    )
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 

@@ -89,14 +89,26 @@ def _check(cond: bool, msg: str) -> None:
 class CleanConfig(Config):
     """How wikitext becomes sentences (wiki/clean.py, wiki/sentences.py)."""
 
-    min_sentence_chars: int = field(default=5, metadata={"help": "drop sentences shorter than this (characters, after NFKC)"})
-    max_sentence_chars: int = field(default=1000, metadata={"help": "drop sentences longer than this (characters, after NFKC)"})
-    keep_list_items: bool = field(default=True, metadata={"help": "keep list items that are whole sentences (end in 。！？)"})
-    max_page_bytes: int = field(default=4_000_000, metadata={"help": "skip pages whose wikitext is larger (UTF-8 bytes)"})
-    max_page_seconds: float = field(default=5.0, metadata={"help": "skip a page whose cleaning takes longer than this"})
+    min_sentence_chars: int = field(
+        default=5, metadata={"help": "drop sentences shorter than this (characters, after NFKC)"}
+    )
+    max_sentence_chars: int = field(
+        default=1000, metadata={"help": "drop sentences longer than this (characters, after NFKC)"}
+    )
+    keep_list_items: bool = field(
+        default=True, metadata={"help": "keep list items that are whole sentences (end in 。！？)"}
+    )
+    max_page_bytes: int = field(
+        default=4_000_000, metadata={"help": "skip pages whose wikitext is larger (UTF-8 bytes)"}
+    )
+    max_page_seconds: float = field(
+        default=5.0, metadata={"help": "skip a page whose cleaning takes longer than this"}
+    )
 
     def validate(self) -> None:
-        _check(self.min_sentence_chars >= 1, f"min_sentence_chars must be >= 1, got {self.min_sentence_chars}")
+        _check(
+            self.min_sentence_chars >= 1, f"min_sentence_chars must be >= 1, got {self.min_sentence_chars}"
+        )
         _check(
             self.max_sentence_chars > self.min_sentence_chars,
             f"max_sentence_chars ({self.max_sentence_chars}) must be larger than min_sentence_chars ({self.min_sentence_chars})",
@@ -109,12 +121,24 @@ class CleanConfig(Config):
 class CorpusConfig(Config):
     """jobs/prepare_corpus.py: dump → Parquet corpus shards."""
 
-    dump: str = field(metadata={"help": "the dump: .xml, .xml.bz2 or multistream .xml.bz2 (local path or s3://)"})
+    dump: str = field(
+        metadata={"help": "the dump: .xml, .xml.bz2 or multistream .xml.bz2 (local path or s3://)"}
+    )
     output: str = field(metadata={"help": "output folder (local path or s3://bucket/prefix)"})
-    index: str | None = field(default=None, metadata={"help": "multistream index (-index.txt.bz2); enables parallel ranged reads"})
-    pages_per_shard: int = field(default=10_000, metadata={"help": "dump pages per output shard (fixed by the data, not the worker count)"})
-    formats: tuple[str, ...] = field(default=("parquet",), metadata={"help": "outputs: parquet always; 'text' adds one-sentence-a-line files"})
-    max_workers: int | None = field(default=None, metadata={"help": "most parallel cleaners (default: the cluster's CPUs)"})
+    index: str | None = field(
+        default=None, metadata={"help": "multistream index (-index.txt.bz2); enables parallel ranged reads"}
+    )
+    pages_per_shard: int = field(
+        default=10_000,
+        metadata={"help": "dump pages per output shard (fixed by the data, not the worker count)"},
+    )
+    formats: tuple[str, ...] = field(
+        default=("parquet",),
+        metadata={"help": "outputs: parquet always; 'text' adds one-sentence-a-line files"},
+    )
+    max_workers: int | None = field(
+        default=None, metadata={"help": "most parallel cleaners (default: the cluster's CPUs)"}
+    )
     clean: CleanConfig = field(default_factory=CleanConfig, metadata={"help": "cleaning settings"})
 
     def validate(self) -> None:
@@ -123,12 +147,21 @@ class CorpusConfig(Config):
         _check(self.pages_per_shard >= 1, f"pages_per_shard must be >= 1, got {self.pages_per_shard}")
         bad = sorted(set(self.formats) - {"parquet", "text"})
         _check(not bad, f"unknown output format(s) {bad}; choose from 'parquet', 'text'")
-        _check("parquet" in self.formats, "the parquet output is always written; formats must include 'parquet'")
-        _check(self.max_workers is None or self.max_workers >= 1, f"max_workers must be >= 1, got {self.max_workers}")
+        _check(
+            "parquet" in self.formats, "the parquet output is always written; formats must include 'parquet'"
+        )
+        _check(
+            self.max_workers is None or self.max_workers >= 1,
+            f"max_workers must be >= 1, got {self.max_workers}",
+        )
         if isinstance(self.clean, dict):  # from_dict of a saved config
             object.__setattr__(self, "clean", CleanConfig.from_dict(self.clean))
 
     def output_fingerprint(self) -> str:
         """What decides the shards' content; a relaunch must match it to reuse finished shards."""
-        data = {"pages_per_shard": self.pages_per_shard, "formats": sorted(self.formats), "clean": self.clean.to_dict()}
+        data = {
+            "pages_per_shard": self.pages_per_shard,
+            "formats": sorted(self.formats),
+            "clean": self.clean.to_dict(),
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -119,7 +119,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, StorageError)):
+    if isinstance(
+        exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, StorageError)
+    ):
         return False
     if _is_connection_error(exc):
         return True
@@ -188,7 +190,9 @@ def read_range(uri: str, start: int, end: int) -> bytes:
     fs, path = filesystem(uri)
     data = retry(uri, lambda: fs.cat_file(path, start=start, end=end))
     if len(data) != end - start:
-        raise StorageError(f"{uri}: asked for bytes {start}-{end} but got {len(data)} bytes (file changed or truncated?)")
+        raise StorageError(
+            f"{uri}: asked for bytes {start}-{end} but got {len(data)} bytes (file changed or truncated?)"
+        )
     return data
 
 

@@ -24,19 +24,48 @@ def parse_args(argv: list[str] | None) -> CorpusConfig:
     p.add_argument("--dump", required=True, help=help_of(CorpusConfig, "dump"))
     p.add_argument("--index", default=None, help=help_of(CorpusConfig, "index"))
     p.add_argument("--output", required=True, help=help_of(CorpusConfig, "output"))
-    p.add_argument("--format", action="append", choices=["parquet", "text"], default=None,
-                   help="output format; repeat for several. 'text' adds O/text/part-*.txt (parquet is always written)")
-    p.add_argument("--pages-per-shard", type=int, default=10_000, help=help_of(CorpusConfig, "pages_per_shard"))
+    p.add_argument(
+        "--format",
+        action="append",
+        choices=["parquet", "text"],
+        default=None,
+        help="output format; repeat for several. 'text' adds O/text/part-*.txt (parquet is always written)",
+    )
+    p.add_argument(
+        "--pages-per-shard", type=int, default=10_000, help=help_of(CorpusConfig, "pages_per_shard")
+    )
     p.add_argument("--max-workers", type=int, default=None, help=help_of(CorpusConfig, "max_workers"))
-    p.add_argument("--min-sentence-chars", type=int, default=CleanConfig.min_sentence_chars, help=help_of(CleanConfig, "min_sentence_chars"))
-    p.add_argument("--max-sentence-chars", type=int, default=CleanConfig.max_sentence_chars, help=help_of(CleanConfig, "max_sentence_chars"))
-    p.add_argument("--no-list-items", action="store_true", help="drop list items even when they are whole sentences")
+    p.add_argument(
+        "--min-sentence-chars",
+        type=int,
+        default=CleanConfig.min_sentence_chars,
+        help=help_of(CleanConfig, "min_sentence_chars"),
+    )
+    p.add_argument(
+        "--max-sentence-chars",
+        type=int,
+        default=CleanConfig.max_sentence_chars,
+        help=help_of(CleanConfig, "max_sentence_chars"),
+    )
+    p.add_argument(
+        "--no-list-items", action="store_true", help="drop list items even when they are whole sentences"
+    )
     a = p.parse_args(argv)
     formats = tuple(sorted({"parquet", *(a.format or [])}))
-    clean = CleanConfig(min_sentence_chars=a.min_sentence_chars, max_sentence_chars=a.max_sentence_chars,
-                        keep_list_items=not a.no_list_items)
-    return CorpusConfig(dump=a.dump, index=a.index, output=a.output, formats=formats,
-                        pages_per_shard=a.pages_per_shard, max_workers=a.max_workers, clean=clean)
+    clean = CleanConfig(
+        min_sentence_chars=a.min_sentence_chars,
+        max_sentence_chars=a.max_sentence_chars,
+        keep_list_items=not a.no_list_items,
+    )
+    return CorpusConfig(
+        dump=a.dump,
+        index=a.index,
+        output=a.output,
+        formats=formats,
+        pages_per_shard=a.pages_per_shard,
+        max_workers=a.max_workers,
+        clean=clean,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,11 +76,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     m = prepare_corpus(cfg)
     c = m["counts"]
-    print(f"corpus: {c['articles_kept']} articles, {c['sentences_kept']} sentences, {c['chars_kept']} characters "
-          f"in {m['output']['shards']} shard(s) under {cfg.output}", flush=True)
+    print(
+        f"corpus: {c['articles_kept']} articles, {c['sentences_kept']} sentences, {c['chars_kept']} characters "
+        f"in {m['output']['shards']} shard(s) under {cfg.output}",
+        flush=True,
+    )
     print(f"dropped pages: {m['page_drops']}  dropped sentences: {m['sentence_drops']}", flush=True)
-    return {"output": cfg.output, "manifest": cfg.output.rstrip('/') + "/manifest.json", "counts": c,
-            "shards": m["output"]["shards"]}
+    return {
+        "output": cfg.output,
+        "manifest": cfg.output.rstrip("/") + "/manifest.json",
+        "counts": c,
+        "shards": m["output"]["shards"],
+    }
 
 
 if __name__ == "__main__":

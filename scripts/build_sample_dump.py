@@ -1,7 +1,7 @@
 """Build the bundled sample dump (plain, bz2, multistream + index) from data/sample/pages/*.wiki.
 
-    python scripts/build_sample_dump.py            # rewrite data/sample/jawiki-sample-*
-    python scripts/build_sample_dump.py --check    # exit 1 if the committed files are stale
+python scripts/build_sample_dump.py            # rewrite data/sample/jawiki-sample-*
+python scripts/build_sample_dump.py --check    # exit 1 if the committed files are stale
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ def main() -> int:
     if a.check:
         with tempfile.TemporaryDirectory() as tmp:
             fresh = write_dump(pages, tmp, pages_per_stream=SAMPLE_PAGES_PER_STREAM)
-            stale = [k for k, p in fresh.items() if not filecmp.cmp(p, os.path.join(SAMPLE, os.path.basename(p)), shallow=False)]
+            stale = [
+                k
+                for k, p in fresh.items()
+                if not filecmp.cmp(p, os.path.join(SAMPLE, os.path.basename(p)), shallow=False)
+            ]
         if stale:
             print(f"stale sample files: {stale}; run python scripts/build_sample_dump.py")
             return 1

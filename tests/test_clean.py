@@ -32,17 +32,38 @@ def test_reading_template_keeps_its_text():
     [
         ("本名は{{lang|en|John Smith}}という人物である。", "本名はJohn Smithという人物である。"),
         ("本名は{{lang-en|John Smith}}という人物である。", "本名は英語: John Smithという人物である。"),
-        ("原題は{{Lang-fr|Le Petit Prince}}という作品である。", "原題はフランス語: Le Petit Princeという作品である。"),
-        ("彼は{{仮リンク|ロンドン大学|en|University of London}}に学んだ人物である。", "彼はロンドン大学に学んだ人物である。"),
-        ("彼は{{仮リンク|ロンドン大学|en|University of London|label=同大学}}に学んだ人物である。", "彼は同大学に学んだ人物である。"),
+        (
+            "原題は{{Lang-fr|Le Petit Prince}}という作品である。",
+            "原題はフランス語: Le Petit Princeという作品である。",
+        ),
+        (
+            "彼は{{仮リンク|ロンドン大学|en|University of London}}に学んだ人物である。",
+            "彼はロンドン大学に学んだ人物である。",
+        ),
+        (
+            "彼は{{仮リンク|ロンドン大学|en|University of London|label=同大学}}に学んだ人物である。",
+            "彼は同大学に学んだ人物である。",
+        ),
         ("全長は{{convert|100|km|mi}}に及ぶ路線である。", "全長は100 kmに及ぶ路線である。"),
         ("重さは{{convert|5|to|10|kg}}程度の動物である。", "重さは5 - 10 kg程度の動物である。"),
         ("この{{ruby|漢字|かんじ}}は難しい読み方をする。", "この漢字は難しい読み方をする。"),
-        ("この<ruby>漢<rp>(</rp><rt>かん</rt><rp>)</rp></ruby>字は難しい読み方をする。", "この漢字は難しい読み方をする。"),
-        ("{{要出典範囲|彼は最初の人物である|date=2020年5月}}と言われている。", "彼は最初の人物であると言われている。"),
-        ("彼は東京で生まれた{{要出典|date=2021年3月}}とされる人物である。", "彼は東京で生まれたとされる人物である。"),
+        (
+            "この<ruby>漢<rp>(</rp><rt>かん</rt><rp>)</rp></ruby>字は難しい読み方をする。",
+            "この漢字は難しい読み方をする。",
+        ),
+        (
+            "{{要出典範囲|彼は最初の人物である|date=2020年5月}}と言われている。",
+            "彼は最初の人物であると言われている。",
+        ),
+        (
+            "彼は東京で生まれた{{要出典|date=2021年3月}}とされる人物である。",
+            "彼は東京で生まれたとされる人物である。",
+        ),
         ("{{生年月日と年齢|1970|4|1}}に生まれた歌手である。", "1970年4月1日に生まれた歌手である。"),
-        ("{{死亡年月日と没年齢|1867|2|9|1916|12|9}}に亡くなった作家である。", "1916年12月9日に亡くなった作家である。"),
+        (
+            "{{死亡年月日と没年齢|1867|2|9|1916|12|9}}に亡くなった作家である。",
+            "1916年12月9日に亡くなった作家である。",
+        ),
     ],
 )
 def test_inline_prose_templates_render(src, want):
@@ -108,7 +129,9 @@ __TOC__
 
 def test_unknown_inline_template_drops_its_sentence_only():
     drops: Counter = Counter()
-    units = clean_wikitext("人口は{{人口統計|code=1}}人である。面積は広い土地である。式は<math>a^2</math>である。").units
+    units = clean_wikitext(
+        "人口は{{人口統計|code=1}}人である。面積は広い土地である。式は<math>a^2</math>である。"
+    ).units
     out = sentences_of(units, CleanConfig(), drops)
     assert out == ["面積は広い土地である。"]
     assert drops["hole"] == 2
@@ -133,12 +156,16 @@ def test_bold_italic_entities_and_external_links():
 
 def test_nowiki_content_is_literal_text():
     # the literal brackets survive cleaning; the leak check then refuses the sentence, as it should
-    assert "記号[[は" in "".join(u.text for u in clean_wikitext("記号<nowiki>[[</nowiki>は括弧である。").units).replace("［", "[")
+    assert "記号[[は" in "".join(
+        u.text for u in clean_wikitext("記号<nowiki>[[</nowiki>は括弧である。").units
+    ).replace("［", "[")
 
 
 def test_lists_keep_sentences_and_drop_fragments():
     drops: Counter = Counter()
-    units = clean_wikitext("本文の文章がここにある。\n* 完全な文の項目である。\n* 断片の項目\n# 番号付きの文である。").units
+    units = clean_wikitext(
+        "本文の文章がここにある。\n* 完全な文の項目である。\n* 断片の項目\n# 番号付きの文である。"
+    ).units
     out = sentences_of(units, CleanConfig(min_sentence_chars=1), drops)
     assert out == ["本文の文章がここにある。", "完全な文の項目である。", "番号付きの文である。"]
     assert drops["list_fragment"] == 1

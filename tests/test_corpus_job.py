@@ -13,8 +13,8 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT
+
 from electra_ray import storage
 from electra_ray.config import CorpusConfig
 from electra_ray.data.corpus import read_corpus
@@ -40,7 +40,13 @@ def shard_files(out: str) -> dict[str, bytes]:
 def reference(ray_local, sample_dump, tmp_path_factory):
     """The corpus of the multistream sample, with its index: the output every other run must equal."""
     out = str(tmp_path_factory.mktemp("ref") / "corpus")
-    manifest = run(ray_local, dump=sample_dump["multistream"], index=sample_dump["index"], output=out, formats=("parquet", "text"))
+    manifest = run(
+        ray_local,
+        dump=sample_dump["multistream"],
+        index=sample_dump["index"],
+        output=out,
+        formats=("parquet", "text"),
+    )
     return out, manifest
 
 
@@ -63,11 +69,15 @@ def test_manifest_keeps_the_books(reference, sample_dump):
     assert c["pages_in"] == sum(1 for _ in bz2.open(sample_dump["index"], "rt"))
     # every page is kept or dropped for a reason
     assert c["pages_in"] == c["articles_kept"] + sum(m["page_drops"].values())
-    assert c["articles_in"] == c["articles_kept"] + sum(v for k, v in m["page_drops"].items() if k in ("too_large", "timeout", "parse_error", "no_sentences"))
+    assert c["articles_in"] == c["articles_kept"] + sum(
+        v for k, v in m["page_drops"].items() if k in ("too_large", "timeout", "parse_error", "no_sentences")
+    )
     table = read_corpus(out)
     assert table.num_rows == c["articles_kept"]
     assert sum(len(s) for s in table.column("sentences").to_pylist()) == c["sentences_kept"]
-    assert m["input"]["dump"]["sha256"] and m["input"]["dump"]["bytes"] == os.path.getsize(sample_dump["multistream"])
+    assert m["input"]["dump"]["sha256"] and m["input"]["dump"]["bytes"] == os.path.getsize(
+        sample_dump["multistream"]
+    )
     assert m["versions"]["ray"] and m["config"]["pages_per_shard"] == 10
     assert set(m["page_drops"]) >= {"namespace", "redirect", "disambiguation"}
     assert m["sentence_drops"]["hole"] > 0
@@ -111,7 +121,9 @@ def test_sample_quality(reference):
 def test_s3_in_and_out(ray_local, sample_dump, reference, bucket):
     ref_out, _ = reference
     for kind in ("multistream", "index"):
-        storage.write_bytes(f"{bucket}/dumps/{os.path.basename(sample_dump[kind])}", open(sample_dump[kind], "rb").read())
+        storage.write_bytes(
+            f"{bucket}/dumps/{os.path.basename(sample_dump[kind])}", open(sample_dump[kind], "rb").read()
+        )
     dump = f"{bucket}/dumps/{os.path.basename(sample_dump['multistream'])}"
     index = f"{bucket}/dumps/{os.path.basename(sample_dump['index'])}"
     out = f"{bucket}/corpus"
@@ -136,7 +148,13 @@ def test_relaunch_skips_complete_shards_and_repairs_the_rest(ray_local, sample_d
         f.write(b"half-written")
     os.remove(os.path.join(out, "_shards", "part-00002.json"))
     os.remove(os.path.join(out, "part-00002.parquet"))
-    m = run(ray_local, dump=sample_dump["multistream"], index=sample_dump["index"], output=out, formats=("parquet", "text"))
+    m = run(
+        ray_local,
+        dump=sample_dump["multistream"],
+        index=sample_dump["index"],
+        output=out,
+        formats=("parquet", "text"),
+    )
     assert m["shards_resumed"] == ref_m["output"]["shards"] - 2
     assert shard_files(out) == shard_files(ref_out)
     assert m["counts"] == ref_m["counts"]
@@ -144,7 +162,13 @@ def test_relaunch_skips_complete_shards_and_repairs_the_rest(ray_local, sample_d
 
 def test_relaunch_of_a_complete_output_is_a_no_op(ray_local, sample_dump, reference):
     out, m = reference
-    again = run(ray_local, dump=sample_dump["multistream"], index=sample_dump["index"], output=out, formats=("parquet", "text"))
+    again = run(
+        ray_local,
+        dump=sample_dump["multistream"],
+        index=sample_dump["index"],
+        output=out,
+        formats=("parquet", "text"),
+    )
     assert again == m
 
 
@@ -154,7 +178,13 @@ def test_relaunch_with_other_settings_refuses(ray_local, sample_dump, reference,
     shutil.copytree(ref_out, out)
     os.remove(os.path.join(out, "manifest.json"))
     with pytest.raises(ValueError, match="other settings or another dump"):
-        run(ray_local, dump=sample_dump["multistream"], index=sample_dump["index"], output=out, pages_per_shard=7)
+        run(
+            ray_local,
+            dump=sample_dump["multistream"],
+            index=sample_dump["index"],
+            output=out,
+            pages_per_shard=7,
+        )
 
 
 @pytest.mark.slow
@@ -170,8 +200,13 @@ def test_killed_job_relaunched_gives_the_uninterrupted_output(ray_local, tmp_pat
     args = ["--dump", dump, "--index", index, "--pages-per-shard", "100", "--max-workers", "1"]
     out = str(tmp_path / "killed")
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, JOB, *args, "--output", out], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, JOB, *args, "--output", out],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     markers = os.path.join(out, "_shards")
     deadline = time.time() + 120
     while time.time() < deadline and (not os.path.isdir(markers) or len(os.listdir(markers)) < 2):
@@ -247,11 +282,16 @@ def test_unreachable_and_missing_bucket(s3_server, tmp_path, monkeypatch, sample
     import prepare_corpus as job_module
 
     monkeypatch.setenv("ELECTRA_RAY_IO_RETRIES", "1")
-    rc = cli.run(job_module.main, ["--dump", "s3://no-such-bucket-x/d.xml.bz2", "--output", str(tmp_path / "o")])
+    rc = cli.run(
+        job_module.main, ["--dump", "s3://no-such-bucket-x/d.xml.bz2", "--output", str(tmp_path / "o")]
+    )
     assert rc == 2
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     t0 = time.time()
-    with pytest.raises(storage.StorageError, match=r"s3://bucket/d\.xml\.bz2: unreachable: could not connect to endpoint http://127\.0\.0\.1:9"):
+    with pytest.raises(
+        storage.StorageError,
+        match=r"s3://bucket/d\.xml\.bz2: unreachable: could not connect to endpoint http://127\.0\.0\.1:9",
+    ):
         storage.size("s3://bucket/d.xml.bz2")
     assert time.time() - t0 < 60

@@ -28,7 +28,14 @@ def make_pages(n: int = 23) -> list[Page]:
         elif i % 7 == 0:
             pages.append(Page(page_id=i, title=f"Template:T{i}", ns=10, text="{{{1}}} & <b>"))
         else:
-            pages.append(Page(page_id=i, title=f"記事:{i}", ns=0, text=f"記事{i}の本文である。<ref>x</ref>\n&lt;タグ&gt;"))
+            pages.append(
+                Page(
+                    page_id=i,
+                    title=f"記事:{i}",
+                    ns=0,
+                    text=f"記事{i}の本文である。<ref>x</ref>\n&lt;タグ&gt;",
+                )
+            )
     return pages
 
 
@@ -39,7 +46,9 @@ def dump(tmp_path):
 
 
 def _same(a: list[Page], b: list[Page]) -> None:
-    assert [(p.page_id, p.title, p.ns, p.text, p.redirect) for p in a] == [(p.page_id, p.title, p.ns, p.text, p.redirect) for p in b]
+    assert [(p.page_id, p.title, p.ns, p.text, p.redirect) for p in a] == [
+        (p.page_id, p.title, p.ns, p.text, p.redirect) for p in b
+    ]
 
 
 def test_plain_and_bz2_and_multistream_give_the_same_pages(dump):
@@ -48,7 +57,7 @@ def test_plain_and_bz2_and_multistream_give_the_same_pages(dump):
     _same(list(iter_pages(paths["bz2"])), pages)
     _same(list(iter_pages(paths["multistream"], chunk_size=1000)), pages)  # many streams, tiny chunks
     index = read_index(paths["index"])
-    assert index.page_ids == [p.page_id for p in pages]
+    assert list(index.page_ids) == [p.page_id for p in pages]
     head = read_head(paths["multistream"], index.offsets[0])
     for per_shard in (1, 3, 4, 5, 100):
         specs = plan_shards(index, os.path.getsize(paths["multistream"]), per_shard)
@@ -158,7 +167,9 @@ def test_index_with_wrong_page_ids(dump, tmp_path):
     index = read_index(str(bad))
     specs = plan_shards(index, os.path.getsize(paths["multistream"]), 100)
     head = read_head(paths["multistream"], index.offsets[0])
-    with pytest.raises(DumpError, match=r"index\.txt: the index lists pages .* the index does not match its dump"):
+    with pytest.raises(
+        DumpError, match=r"index\.txt: the index lists pages .* the index does not match its dump"
+    ):
         read_shard(paths["multistream"], head, specs[0], str(bad))
 
 
@@ -174,7 +185,9 @@ def test_index_offset_beyond_the_dump(dump, tmp_path):
     bad = tmp_path / "index.txt"
     bad.write_text("100:1:a\n99999999:2:b\n", encoding="utf-8")
     with pytest.raises(DumpError, match="beyond the end"):
-        plan_shards(read_index(str(bad)), os.path.getsize(paths["multistream"]), 10, paths["multistream"], str(bad))
+        plan_shards(
+            read_index(str(bad)), os.path.getsize(paths["multistream"]), 10, paths["multistream"], str(bad)
+        )
 
 
 def test_committed_sample_dump_matches_its_sources():
@@ -182,5 +195,9 @@ def test_committed_sample_dump_matches_its_sources():
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, os.path.join(root, "scripts", "build_sample_dump.py"), "--check"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, os.path.join(root, "scripts", "build_sample_dump.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -14,11 +14,19 @@ from electra_ray.wiki.sentences import normalize, sentences_of, split_sentences
 
 def test_split_on_maru_outside_brackets_only():
     text = "「吾輩は猫である。名前はまだ無い。」という書き出しで知られる。次の文である。"
-    assert split_sentences(text) == ["「吾輩は猫である。名前はまだ無い。」という書き出しで知られる。", "次の文である。"]
+    assert split_sentences(text) == [
+        "「吾輩は猫である。名前はまだ無い。」という書き出しで知られる。",
+        "次の文である。",
+    ]
 
 
 def test_fullwidth_exclamation_splits_ascii_does_not():
-    assert split_sentences("Yahoo!で検索した。本当か？そうだ！！次へ。") == ["Yahoo!で検索した。", "本当か？", "そうだ！！", "次へ。"]
+    assert split_sentences("Yahoo!で検索した。本当か？そうだ！！次へ。") == [
+        "Yahoo!で検索した。",
+        "本当か？",
+        "そうだ！！",
+        "次へ。",
+    ]
 
 
 def test_exclamation_inside_quotes_does_not_split():

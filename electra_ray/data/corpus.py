@@ -88,7 +88,14 @@ class ShardStats:
         return s
 
     def add(self, other: ShardStats) -> None:
-        for k in ("pages_in", "articles_in", "articles_kept", "sentences_kept", "chars_kept", "wikitext_bytes"):
+        for k in (
+            "pages_in",
+            "articles_in",
+            "articles_kept",
+            "sentences_kept",
+            "chars_kept",
+            "wikitext_bytes",
+        ):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.page_drops.update(other.page_drops)
         self.sentence_drops.update(other.sentence_drops)
@@ -122,7 +129,9 @@ def clean_page(page: Page, cfg: CleanConfig, stats: ShardStats) -> list[str] | N
     return sentences
 
 
-def clean_shard(shard: int, pages: list[Page], pages_in: int, page_drops: Counter, cfg: CleanConfig) -> tuple[pa.Table, ShardStats]:
+def clean_shard(
+    shard: int, pages: list[Page], pages_in: int, page_drops: Counter, cfg: CleanConfig
+) -> tuple[pa.Table, ShardStats]:
     """Clean the articles of one shard. ``pages_in``/``page_drops`` come from the reader's filter."""
     t0 = time.perf_counter()
     stats = ShardStats(shard=shard, pages_in=pages_in, articles_in=len(pages), page_drops=Counter(page_drops))
@@ -150,10 +159,14 @@ def corpus_text(table: pa.Table) -> str:
     return "".join("\n".join(d) + "\n\n" for d in docs)
 
 
-def write_shard(output: str, table: pa.Table, stats: ShardStats, formats: tuple[str, ...], fingerprint: str) -> None:
+def write_shard(
+    output: str, table: pa.Table, stats: ShardStats, formats: tuple[str, ...], fingerprint: str
+) -> None:
     """Write a shard's files, then its statistics file last (the completion marker)."""
     name = shard_name(stats.shard)
-    storage.write_bytes(storage.join(output, f"{name}.parquet"), storage.parquet_bytes(table, compression="zstd"))
+    storage.write_bytes(
+        storage.join(output, f"{name}.parquet"), storage.parquet_bytes(table, compression="zstd")
+    )
     if "text" in formats:
         storage.write_text(storage.join(output, "text", f"{name}.txt"), corpus_text(table))
     marker = {"format_version": SHARD_FORMAT_VERSION, "fingerprint": fingerprint, "stats": stats.to_dict()}

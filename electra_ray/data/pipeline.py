@@ -65,7 +65,15 @@ _SHARD_SCHEMA = pa.schema(
 def _shard_block(shard: int, pages: list[Page] | None) -> pa.Table:
     """A one-row block holding a shard's articles (pages=None: a shard to skip, already complete)."""
     if pages is None:
-        row = {"shard": [shard], "skipped": [True], "pages_in": [0], "page_drops": ["{}"], "page_ids": [[]], "titles": [[]], "texts": [[]]}
+        row = {
+            "shard": [shard],
+            "skipped": [True],
+            "pages_in": [0],
+            "page_drops": ["{}"],
+            "page_ids": [[]],
+            "titles": [[]],
+            "texts": [[]],
+        }
         return pa.table(row, schema=_SHARD_SCHEMA)
     kept, drops = count_drops(pages)
     row = {
@@ -121,7 +129,9 @@ def _make_datasource(cfg: CorpusConfig, done: set[int]):
         def num_shards(self) -> int | None:
             return len(self.specs) if self.specs is not None else None
 
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list:
+        def get_read_tasks(
+            self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+        ) -> list:
             meta = BlockMetadata(num_rows=1, size_bytes=None, input_files=None, exec_stats=None)
             if self.specs is None:
                 return [ReadTask(lambda: _stream_shards(cfg.dump, cfg.pages_per_shard, done), meta)]
@@ -130,13 +140,20 @@ def _make_datasource(cfg: CorpusConfig, done: set[int]):
             for spec in self.specs:
                 if spec.shard in done:
                     continue
-                tasks.append(ReadTask(lambda spec=spec: [_shard_block(spec.shard, read_shard(dump, head, spec, index_uri))], meta))
+                tasks.append(
+                    ReadTask(
+                        lambda spec=spec: [_shard_block(spec.shard, read_shard(dump, head, spec, index_uri))],
+                        meta,
+                    )
+                )
             return tasks
 
     return DumpDatasource()
 
 
-def process_shard_rows(batch: pa.Table, *, output: str, clean: dict, formats: tuple[str, ...], fingerprint: str) -> pa.Table:
+def process_shard_rows(
+    batch: pa.Table, *, output: str, clean: dict, formats: tuple[str, ...], fingerprint: str
+) -> pa.Table:
     """The cleaning map: clean and write each shard in the batch; return one stats row per shard."""
     cfg = CleanConfig.from_dict(clean)
     out_shards, out_stats = [], []
@@ -145,8 +162,13 @@ def process_shard_rows(batch: pa.Table, *, output: str, clean: dict, formats: tu
             out_shards.append(row["shard"])
             out_stats.append("")
             continue
-        pages = [Page(page_id=i, title=t, ns=0, text=x) for i, t, x in zip(row["page_ids"], row["titles"], row["texts"])]
-        table, stats = clean_shard(row["shard"], pages, row["pages_in"], Counter(json.loads(row["page_drops"])), cfg)
+        pages = [
+            Page(page_id=i, title=t, ns=0, text=x)
+            for i, t, x in zip(row["page_ids"], row["titles"], row["texts"])
+        ]
+        table, stats = clean_shard(
+            row["shard"], pages, row["pages_in"], Counter(json.loads(row["page_drops"])), cfg
+        )
         write_shard(output, table, stats, formats, fingerprint)
         out_shards.append(row["shard"])
         out_stats.append(json.dumps(stats.to_dict()))
@@ -192,7 +214,12 @@ def _versions() -> dict[str, str]:
     import pyarrow
     import ray
 
-    return {"electra_ray": __version__, "python": platform.python_version(), "ray": ray.__version__, "pyarrow": pyarrow.__version__}
+    return {
+        "electra_ray": __version__,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
 
 
 def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
@@ -214,13 +241,20 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
 
     source = _make_datasource(cfg, set(done))
     total = source.num_shards()
-    kwargs = {"output": cfg.output, "clean": cfg.clean.to_dict(), "formats": tuple(cfg.formats), "fingerprint": fingerprint}
+    kwargs = {
+        "output": cfg.output,
+        "clean": cfg.clean.to_dict(),
+        "formats": tuple(cfg.formats),
+        "fingerprint": fingerprint,
+    }
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     workers = min(cpus, cfg.max_workers or cpus)
     if total is not None:
         mode = "multistream"
         todo = total - len(done)
-        log(f"{cfg.dump}: {total} shards of {cfg.pages_per_shard} pages from the index, {todo} to do, up to {workers} in parallel")
+        log(
+            f"{cfg.dump}: {total} shards of {cfg.pages_per_shard} pages from the index, {todo} to do, up to {workers} in parallel"
+        )
         if todo:
             # Read and clean fuse into one task per shard (same compute, same resources).
             ds = ray.data.read_datasource(source, override_num_blocks=todo)
@@ -250,7 +284,9 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
             stats[st.shard] = st
     missing = sorted(set(range(total)) - set(stats))
     if missing:
-        raise RuntimeError(f"{cfg.output}: shards {missing[:10]} did not complete; run the job again to finish them")
+        raise RuntimeError(
+            f"{cfg.output}: shards {missing[:10]} did not complete; run the job again to finish them"
+        )
 
     totals = ShardStats()
     for k in range(total):
@@ -261,15 +297,31 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
         "stage": "corpus",
         "complete": True,
         "fingerprint": fingerprint,
-        "input": {"dump": describe_input(cfg.dump), "index": describe_input(cfg.index) if cfg.index else None, "mode": mode},
+        "input": {
+            "dump": describe_input(cfg.dump),
+            "index": describe_input(cfg.index) if cfg.index else None,
+            "mode": mode,
+        },
         "output": {
             "uri": cfg.output,
             "shards": total,
             "files": [f"{shard_name(k)}.parquet" for k in range(total)],
-            "text_files": [f"text/{shard_name(k)}.txt" for k in range(total)] if "text" in cfg.formats else [],
+            "text_files": [f"text/{shard_name(k)}.txt" for k in range(total)]
+            if "text" in cfg.formats
+            else [],
             "schema": {"page_id": "int64", "title": "string", "sentences": "list<string>"},
         },
-        "counts": {k: t[k] for k in ("pages_in", "articles_in", "articles_kept", "sentences_kept", "chars_kept", "wikitext_bytes")},
+        "counts": {
+            k: t[k]
+            for k in (
+                "pages_in",
+                "articles_in",
+                "articles_kept",
+                "sentences_kept",
+                "chars_kept",
+                "wikitext_bytes",
+            )
+        },
         "page_drops": t["page_drops"],
         "sentence_drops": t["sentence_drops"],
         "holes_by_template": dict(Counter(t["holes_by_template"]).most_common(100)),

@@ -102,7 +102,9 @@ _ANY_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
 _EXT_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\]\[<>]+(?:\s+([^\]\n]*))?\]")
 _QUOTES = re.compile(r"'{2,}")
 _BEHAVIOUR = re.compile(r"__[A-Z目次強制新しい節リンク非表示]+__")
-_NOWIKI_ESCAPE = str.maketrans({"[": "［", "]": "］", "{": "｛", "}": "｝", "|": "｜", "<": "＜", ">": "＞", "'": "＇", "=": "＝"})
+_NOWIKI_ESCAPE = str.maketrans(
+    {"[": "［", "]": "］", "{": "｛", "}": "｝", "|": "｜", "<": "＜", ">": "＞", "'": "＇", "=": "＝"}
+)
 
 
 def _tag_res(names: tuple[str, ...]) -> tuple[re.Pattern, re.Pattern]:
@@ -415,11 +417,25 @@ class Renderer:
         positional, _ = self._args(args)
         if not positional:
             return self._hole("Lang-" + code)
-        text = self.text(positional[-1] if len(positional) > 1 and code.endswith("-short") else positional[0]).strip()
+        text = self.text(
+            positional[-1] if len(positional) > 1 and code.endswith("-short") else positional[0]
+        ).strip()
         lang = self.t.languages.get(code)
         return f"{lang}: {text}" if lang else text
 
-    _RANGE_WORDS = {"to": "-", "-": "-", "–": "-", "~": "-", "～": "-", "and": "and", "&": "&", "or": "or", "x": "×", "by": "×", "+": "+"}
+    _RANGE_WORDS = {
+        "to": "-",
+        "-": "-",
+        "–": "-",
+        "~": "-",
+        "～": "-",
+        "and": "and",
+        "&": "&",
+        "or": "or",
+        "x": "×",
+        "by": "×",
+        "+": "+",
+    }
 
     def _convert(self, name: str, args: list) -> str:
         positional, _ = self._args(args)

@@ -25,9 +25,27 @@ from electra_ray.wiki.dump import Page
 EXPORT_NS = "http://www.mediawiki.org/xml/export-0.11/"
 
 NAMESPACES = {
-    -2: "メディア", -1: "特別", 0: "", 1: "ノート", 2: "利用者", 3: "利用者‐会話", 4: "Wikipedia", 5: "Wikipedia‐ノート",
-    6: "ファイル", 7: "ファイル‐ノート", 8: "MediaWiki", 9: "MediaWiki‐ノート", 10: "Template", 11: "Template‐ノート",
-    12: "Help", 13: "Help‐ノート", 14: "Category", 15: "Category‐ノート", 100: "Portal", 102: "プロジェクト", 828: "モジュール",
+    -2: "メディア",
+    -1: "特別",
+    0: "",
+    1: "ノート",
+    2: "利用者",
+    3: "利用者‐会話",
+    4: "Wikipedia",
+    5: "Wikipedia‐ノート",
+    6: "ファイル",
+    7: "ファイル‐ノート",
+    8: "MediaWiki",
+    9: "MediaWiki‐ノート",
+    10: "Template",
+    11: "Template‐ノート",
+    12: "Help",
+    13: "Help‐ノート",
+    14: "Category",
+    15: "Category‐ノート",
+    100: "Portal",
+    102: "プロジェクト",
+    828: "モジュール",
 }
 
 
@@ -59,7 +77,12 @@ def page_xml(p: Page, rev_id: int | None = None) -> str:
     text = p.text
     sha1 = hashlib.sha1(text.encode()).hexdigest()
     redirect = f"    <redirect title={quoteattr(p.redirect)} />\n" if p.redirect is not None else ""
-    fmt = {"wikitext": "text/x-wiki", "css": "text/css", "json": "application/json", "javascript": "text/javascript"}.get(p.model, "text/plain")
+    fmt = {
+        "wikitext": "text/x-wiki",
+        "css": "text/css",
+        "json": "application/json",
+        "javascript": "text/javascript",
+    }.get(p.model, "text/plain")
     rid = rev_id if rev_id is not None else p.page_id * 10 + 1
     return (
         "  <page>\n"
@@ -92,7 +115,9 @@ def _chunks(pages: Iterable[Page], n: int) -> Iterator[list[Page]]:
         yield batch
 
 
-def write_multistream(pages: Iterable[Page], dump_path: str, index_path: str, pages_per_stream: int = 100, level: int = 9) -> int:
+def write_multistream(
+    pages: Iterable[Page], dump_path: str, index_path: str, pages_per_stream: int = 100, level: int = 9
+) -> int:
     """Write a multistream dump and its index, streaming. Returns the number of pages."""
     count = 0
     with open(dump_path, "wb") as out, bz2.open(index_path, "wt", encoding="utf-8") as idx:
@@ -107,7 +132,9 @@ def write_multistream(pages: Iterable[Page], dump_path: str, index_path: str, pa
     return count
 
 
-def write_dump(pages: list[Page], folder: str, name: str = "jawiki-sample", pages_per_stream: int = 100) -> dict[str, str]:
+def write_dump(
+    pages: list[Page], folder: str, name: str = "jawiki-sample", pages_per_stream: int = 100
+) -> dict[str, str]:
     """Write all four files (plain, bz2, multistream, index); returns their paths by kind."""
     os.makedirs(folder, exist_ok=True)
     base = os.path.join(folder, f"{name}-pages-articles")

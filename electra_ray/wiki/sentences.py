@@ -25,7 +25,9 @@ _SCAN = re.compile("[" + re.escape(_OPENERS + _CLOSERS + _ENDERS) + "]")
 _FLAT = re.compile(r"[^。｡！？]*(?:[。｡]|[！？]+)|[^。｡！？]+$")
 
 # Markup that must never reach the corpus (checked after NFKC).
-_LEAK = re.compile(r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}|\||''|</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>|&[a-zA-Z]+;|&#\d+;|__[A-Z]+__|==")
+_LEAK = re.compile(
+    r"\{\{|\}\}|\[\[|\]\]|\{\||\|\}|\||''|</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>|&[a-zA-Z]+;|&#\d+;|__[A-Z]+__|=="
+)
 _TERMINAL = ("。", "!", "?", "」", "』", ")")
 _SPACES = re.compile(r"\s+")
 
