@@ -169,15 +169,23 @@ def _drop_sections(text: str, tables: Tables) -> str:
     return "".join(parts)
 
 
-def prepass(text: str, tables: Tables) -> str:
+def prepass(text: str, tables: Tables, holes: dict[str, int] | None = None) -> str:
+    """Cut comments, dropped tags, tables and reference sections; formulas become HOLE (counted in ``holes``)."""
+
+    def hole(m: re.Match) -> str:
+        if holes is not None:
+            name = "<" + (m.group(1) if m.re.groups else m.group().strip("</>").split()[0]).lower() + ">"
+            holes[name] = holes.get(name, 0) + 1
+        return HOLE
+
     if "<!--" in text:
         text = _COMMENT.sub("", text)
     if "<" in text:
         drop_paired, drop_single, hole_paired, hole_single = _compiled()
         text = drop_single.sub("", text)
         text = drop_paired.sub("", text)
-        text = hole_paired.sub(HOLE, text)
-        text = hole_single.sub(HOLE, text)
+        text = hole_paired.sub(hole, text)
+        text = hole_single.sub(hole, text)
         if "nowiki" in text:
             text = _NOWIKI.sub(lambda m: (m.group(1) or "").translate(_NOWIKI_ESCAPE), text)
         if "<r" in text:
@@ -546,8 +554,8 @@ def clean_wikitext(text: str, title: str = "", *, max_seconds: float | None = No
     """Clean one page's wikitext into units. Raises PageTimeout past ``max_seconds``."""
     tables = load_tables()
     deadline = time.monotonic() + max_seconds if max_seconds else None
-    text = prepass(text, tables)
     renderer = Renderer(tables, title=title, deadline=deadline)
+    text = prepass(text, tables, renderer.holes)
     if "{{" in text or "[[" in text:
         text = renderer.text(parse(text, deadline))
     if "&" in text:
