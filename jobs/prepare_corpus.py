@@ -71,8 +71,10 @@ def parse_args(argv: list[str] | None) -> CorpusConfig:
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
     print(cfg.describe(), flush=True)
+    from electra_ray.data.pipeline import check_inputs, prepare_corpus
+
+    check_inputs(cfg)  # before starting Ray: a typo in a path should not cost a cluster start
     cli.init_ray()
-    from electra_ray.data.pipeline import prepare_corpus
 
     m = prepare_corpus(cfg)
     c = m["counts"]

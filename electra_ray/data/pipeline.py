@@ -37,6 +37,7 @@ from electra_ray.data.corpus import (
     write_shard,
 )
 from electra_ray.wiki.dump import (
+    DumpError,
     Page,
     check_stream_starts,
     count_drops,
@@ -187,6 +188,13 @@ class ShardCleaner:
 
 # ---------------------------------------------------------------------------------------------
 # the job
+
+
+def check_inputs(cfg: CorpusConfig) -> None:
+    """Fail fast, before any Ray work, when an input is missing, unreadable or unreachable."""
+    for uri in (cfg.dump, cfg.index):
+        if uri and storage.size(uri) == 0:
+            raise DumpError(f"{uri}: the file is empty")
 
 
 def input_fingerprint(cfg: CorpusConfig) -> str:
