@@ -391,6 +391,9 @@ class Renderer:
             return param
         if kind == "title":
             return self.title
+        if kind == "year":
+            v = self._arg(args, 1)
+            return f"{v}年" if v else self._hole(name)
         if kind == "arg":
             v = self._arg(args, int(param))
             return v if v is not None else self._hole(name)
