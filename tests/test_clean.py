@@ -64,6 +64,8 @@ def test_reading_template_keeps_its_text():
             "{{死亡年月日と没年齢|1867|2|9|1916|12|9}}に亡くなった作家である。",
             "1916年12月9日に亡くなった作家である。",
         ),
+        ("{{by|1999}}に{{JIS2004フォント|&#x5F45;}}の字が使われた。", "1999年に彅の字が使われた。"),
+        ("略称は{{lang-en-short|JR}}である。", "略称はJRである。"),
     ],
 )
 def test_inline_prose_templates_render(src, want):
