@@ -1,7 +1,7 @@
 """Corpus-stage benchmark on the synthetic dump: our cleaner vs WikiExtractor, and the Ray job.
 
     python benchmarks/bench_corpus.py              # 200 MB of wikitext, 3 repetitions
-    python benchmarks/bench_corpus.py --quick      # 20 MB, 1 repetition (a few minutes on 2 cores)
+    python benchmarks/bench_corpus.py --quick      # 20 MB, 1 repetition (about a minute on 2 cores)
 
 What it measures (MB/s are MB = 1e6 bytes of UTF-8 wikitext per second):
 
@@ -62,7 +62,9 @@ RAY_JOB_TIMEOUT = 3 * 3600
 #: a sentence starting with a bare topic particle (``は、…``: the subject was a template),
 #: an opening bracket followed by a comma or nothing (``(、``, ``()``, ``「」``, ``『』``),
 #: a doubled comma (``、、``), or a comma right before a closing bracket (``、)``).
-HOLE_PATTERN = re.compile(r"^[はがをもの][、,]|[(「『【〔\[][\s、,・]*[)」』】〕\]]|[(「『【〔\[][、,]|、\s*、|[、,][)」』】〕\]]")
+HOLE_PATTERN = re.compile(
+    r"^[はがをもの][、,]|[(「『【〔\[][\s、,・]*[)」』】〕\]]|[(「『【〔\[][、,]|、\s*、|[、,][)」』】〕\]]"
+)
 
 
 def log(msg: str) -> None:
@@ -198,7 +200,9 @@ def bench_wikiextractor(dump: str, pages: list, nbytes: int, reps: int) -> dict:
     drops: Counter = Counter()
     sentences: list[str] = []
     for text in outputs:
-        sentences.extend(sentences_of([Unit(par) for par in wikiextractor_paragraphs(text)], CleanConfig(), drops))
+        sentences.extend(
+            sentences_of([Unit(par) for par in wikiextractor_paragraphs(text)], CleanConfig(), drops)
+        )
     return {
         "seconds": best,
         "mb_s": nbytes / MB / best,
@@ -237,18 +241,24 @@ def hole_share(sentences: list[str]) -> float | None:
 
 
 def _proc_snapshot() -> dict[int, tuple[int, str, int]]:
-    """pid → (ppid, command line, RSS bytes) for every process we can read."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
+    """pid → (ppid, command line, RSS bytes) for every process we can read.
+
+    Read from /proc where there is one (about 3 ms a scan, against about 40 ms through psutil:
+    the poller must not steal much of a 2-core machine from the job it measures); psutil elsewhere.
+    """
     snap: dict[int, tuple[int, str, int]] = {}
-    if psutil is not None:
+    if not os.path.isdir("/proc/self"):
+        import psutil
+
         for p in psutil.process_iter(["pid", "ppid", "cmdline", "memory_info"]):
             info = p.info
             if info.get("memory_info") is None:
                 continue
-            snap[info["pid"]] = (info["ppid"] or 0, " ".join(info.get("cmdline") or []), info["memory_info"].rss)
+            snap[info["pid"]] = (
+                info["ppid"] or 0,
+                " ".join(info.get("cmdline") or []),
+                info["memory_info"].rss,
+            )
         return snap
     page = os.sysconf("SC_PAGE_SIZE")
     for name in os.listdir("/proc"):
@@ -283,6 +293,20 @@ def _descendants(snap: dict[int, tuple[int, str, int]], root: int) -> set[int]:
     return out
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop the job subprocess we started (its own session: the driver and the Ray it started)."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_ray_job(name: str, info: dict, cpus: int, with_index: bool, output: str) -> dict:
     """Run prepare_corpus in a subprocess with a fresh local Ray of ``cpus`` CPUs; poll RSS."""
     run_dir = os.path.join(output, "ray-runs", name)
@@ -291,17 +315,31 @@ def run_ray_job(name: str, info: dict, cpus: int, with_index: bool, output: str)
     corpus_dir = os.path.join(run_dir, "corpus")
     result_file = os.path.join(run_dir, "result.json")
     log_file = os.path.join(run_dir, "job.log")
-    cmd = [sys.executable, os.path.abspath(__file__), "--_ray-worker", str(cpus), "--_dump", info["dump"],
-           "--_out", corpus_dir, "--_result", result_file]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_ray-worker",
+        str(cpus),
+        "--_dump",
+        info["dump"],
+        "--_out",
+        corpus_dir,
+        "--_result",
+        result_file,
+    ]
     if with_index:
         cmd += ["--_index", info["index"]]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     peak_worker = peak_total = peak_tree = 0
     max_workers_seen = 0
+    max_busy = 0  # most cleaning tasks seen running at once (sampled)
+    by_title: dict[str, int] = {}  # process title after "ray::" (task, actor, agent) -> peak RSS
     t0 = time.time()
     with open(log_file, "wb") as lf:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             while proc.poll() is None:
                 if time.time() - t0 > RAY_JOB_TIMEOUT:
@@ -310,6 +348,18 @@ def run_ray_job(name: str, info: dict, cpus: int, with_index: bool, output: str)
                 tree = _descendants(snap, proc.pid)
                 workers = [snap[p][2] for p in tree if "ray::" in snap[p][1]]
                 driver = snap[proc.pid][2] if proc.pid in snap else 0
+                busy = 0
+                for p in tree:
+                    cmd = snap[p][1]
+                    if "ray::" in cmd:
+                        title = cmd.split("ray::", 1)[1].strip()[:100]
+                        by_title[title] = max(by_title.get(title, 0), snap[p][2])
+                        # a cleaning task running (multistream), or a cleaner actor inside a call (stream)
+                        if "MapBatches(process_shard_rows)" in title or (
+                            "MapBatches(" in title and title.endswith(".submit")
+                        ):
+                            busy += 1
+                max_busy = max(max_busy, busy)
                 if workers:
                     peak_worker = max(peak_worker, max(workers))
                     max_workers_seen = max(max_workers_seen, len(workers))
@@ -317,17 +367,25 @@ def run_ray_job(name: str, info: dict, cpus: int, with_index: bool, output: str)
                 peak_tree = max(peak_tree, driver + sum(snap[p][2] for p in tree))
                 time.sleep(POLL_SECONDS)
         except BaseException:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except Exception:  # noqa: BLE001
-                os.killpg(proc.pid, signal.SIGKILL)
+            _stop_group(proc)
             raise
     wall = time.time() - t0
-    out = {"name": name, "cpus": cpus, "mode": "multistream" if with_index else "stream", "rc": proc.returncode,
-           "subprocess_wall_s": round(wall, 2), "log": log_file,
-           "peak_worker_rss_mb": rnd(peak_worker / MB, 1), "peak_total_rss_mb": rnd(peak_total / MB, 1),
-           "peak_tree_rss_mb": rnd(peak_tree / MB, 1), "ray_workers_seen": max_workers_seen}
+    out = {
+        "name": name,
+        "cpus": cpus,
+        "mode": "multistream" if with_index else "stream",
+        "rc": proc.returncode,
+        "subprocess_wall_s": round(wall, 2),
+        "log": log_file,
+        "peak_worker_rss_mb": rnd(peak_worker / MB, 1),
+        "peak_total_rss_mb": rnd(peak_total / MB, 1),
+        "peak_tree_rss_mb": rnd(peak_tree / MB, 1),
+        "ray_workers_seen": max_workers_seen,
+        "max_cleaners_running_seen": max_busy,
+        "peak_rss_mb_by_ray_process": {
+            t: rnd(v / MB, 1) for t, v in sorted(by_title.items(), key=lambda kv: -kv[1])
+        },
+    }
     if proc.returncode != 0 or not os.path.exists(result_file):
         with open(log_file, "rb") as f:
             tail = f.read()[-3000:].decode("utf-8", "replace")
@@ -348,8 +406,13 @@ def ray_worker(a: argparse.Namespace) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    ray.init(address="local", num_cpus=a._ray_worker, include_dashboard=False, object_store_memory=1 << 30,
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=a._ray_worker,
+        include_dashboard=False,
+        object_store_memory=1 << 30,
+        log_to_driver=False,
+    )
     try:
         from ray.data import DataContext
 
@@ -362,7 +425,12 @@ def ray_worker(a: argparse.Namespace) -> None:
         secs = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    res = {"seconds": secs, "counts": m["counts"], "shards": m["output"]["shards"], "job_mode": m["input"]["mode"]}
+    res = {
+        "seconds": secs,
+        "counts": m["counts"],
+        "shards": m["output"]["shards"],
+        "job_mode": m["input"]["mode"],
+    }
     with open(a._result, "w") as f:
         json.dump(res, f)
     print(json.dumps(res))
@@ -373,9 +441,13 @@ def ray_worker(a: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mb", type=float, default=None, help="MB of synthetic wikitext (default 200; 20 with --quick)")
+    ap.add_argument(
+        "--size-mb", type=float, default=None, help="MB of synthetic wikitext (default 200; 20 with --quick)"
+    )
     ap.add_argument("--quick", action="store_true", help="20 MB, one repetition, no 1/4-size memory run")
-    ap.add_argument("--output", default=os.path.join(ROOT, "bench_output"), help="folder for dumps and job outputs")
+    ap.add_argument(
+        "--output", default=os.path.join(ROOT, "bench_output"), help="folder for dumps and job outputs"
+    )
     ap.add_argument("--skip-ray", action="store_true", help="skip the Ray job runs")
     ap.add_argument("--skip-wikiextractor", action="store_true", help="skip the WikiExtractor baseline")
     ap.add_argument("--_ray-worker", type=int, default=None, help=argparse.SUPPRESS)
@@ -392,8 +464,12 @@ def main() -> None:
     reps = 1 if a.quick else 3
     output = os.path.abspath(a.output)
     figures: dict = {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+        },
         "size_mb": size,
         "quick": a.quick,
         "repetitions": reps,
@@ -403,43 +479,65 @@ def main() -> None:
     t0 = time.time()
     info = make(os.path.join(output, f"synthetic-{size:g}mb"), size)
     info = {**info, "dump": os.path.abspath(info["dump"]), "index": os.path.abspath(info["index"])}
-    log(f"dump: {info['pages']} pages, {info['wikitext_bytes'] / MB:.1f} MB wikitext, "
-        f"{info['dump_bytes'] / MB:.1f} MB bz2 ({time.time() - t0:.1f} s) at {info['dump']}")
-    figures.update(dump_pages=info["pages"], dump_wikitext_mb=rnd(info["wikitext_bytes"] / MB, 1),
-                   dump_bz2_mb=rnd(info["dump_bytes"] / MB, 1))
+    log(
+        f"dump: {info['pages']} pages, {info['wikitext_bytes'] / MB:.1f} MB wikitext, "
+        f"{info['dump_bytes'] / MB:.1f} MB bz2 ({time.time() - t0:.1f} s) at {info['dump']}"
+    )
+    figures.update(
+        dump_pages=info["pages"],
+        dump_wikitext_mb=rnd(info["wikitext_bytes"] / MB, 1),
+        dump_bz2_mb=rnd(info["dump_bytes"] / MB, 1),
+    )
 
     # 2. the articles for the single-core measurements
     cap = min(size, SINGLE_CORE_CAP_MB) * MB
     pages, seen = collect_articles(info["dump"], cap)
     nbytes = sum(len(p.text.encode("utf-8")) for p in pages)
-    log(f"single core: {len(pages)} articles, {nbytes / MB:.1f} MB wikitext (from the first {seen / MB:.1f} MB of the dump)")
+    log(
+        f"single core: {len(pages)} articles, {nbytes / MB:.1f} MB wikitext (from the first {seen / MB:.1f} MB of the dump)"
+    )
     figures.update(single_core_articles=len(pages), single_core_wikitext_mb=rnd(nbytes / MB, 1))
 
     # 3. our cleaner alone
     ours = bench_cleaner(pages, nbytes, reps)
-    log(f"cleaner (1 core): {ours['mb_s']:.2f} MB/s, {ours['pages_s']:.0f} pages/s, "
-        f"{len(ours['sentences'])} sentences from {ours['articles_kept']} articles ({ours['seconds']:.1f} s)")
-    figures.update(cleaner_mb_s=rnd(ours["mb_s"]), cleaner_pages_s=rnd(ours["pages_s"], 1),
-                   sentences_ours=len(ours["sentences"]), hole_share_ours=rnd(hole_share(ours["sentences"]), 5),
-                   sentence_drops_ours=ours["sentence_drops"], page_drops_ours=ours["page_drops"])
+    log(
+        f"cleaner (1 core): {ours['mb_s']:.2f} MB/s, {ours['pages_s']:.0f} pages/s, "
+        f"{len(ours['sentences'])} sentences from {ours['articles_kept']} articles ({ours['seconds']:.1f} s)"
+    )
+    figures.update(
+        cleaner_mb_s=rnd(ours["mb_s"]),
+        cleaner_pages_s=rnd(ours["pages_s"], 1),
+        sentences_ours=len(ours["sentences"]),
+        hole_share_ours=rnd(hole_share(ours["sentences"]), 5),
+        sentence_drops_ours=ours["sentence_drops"],
+        page_drops_ours=ours["page_drops"],
+    )
 
     # 4. WikiExtractor on the same pages
     if not a.skip_wikiextractor:
         import wikiextractor.WikiExtractor as we_mod
 
         we = bench_wikiextractor(info["dump"], pages, nbytes, reps)
-        log(f"WikiExtractor {we_mod.__version__} (1 core, --no-templates): {we['mb_s']:.2f} MB/s, "
-            f"{we['pages_s']:.0f} pages/s, {len(we['sentences'])} usable sentences ({we['seconds']:.1f} s)")
+        log(
+            f"WikiExtractor {we_mod.__version__} (1 core, --no-templates): {we['mb_s']:.2f} MB/s, "
+            f"{we['pages_s']:.0f} pages/s, {len(we['sentences'])} usable sentences ({we['seconds']:.1f} s)"
+        )
         hs_we, hs_ours = hole_share(we["sentences"]), hole_share(ours["sentences"])
-        log(f"cleaner vs WikiExtractor: {ours['mb_s'] / we['mb_s']:.2f}x speed, "
+        log(
+            f"cleaner vs WikiExtractor: {ours['mb_s'] / we['mb_s']:.2f}x speed, "
             f"{len(ours['sentences'])} vs {len(we['sentences'])} usable sentences; "
-            f"hole-pattern share {hs_ours:.2%} (ours) vs {hs_we:.2%} (WikiExtractor)")
-        figures.update(wikiextractor_version=we_mod.__version__, wikiextractor_mb_s=rnd(we["mb_s"]),
-                       wikiextractor_pages_s=rnd(we["pages_s"], 1),
-                       cleaner_vs_wikiextractor=rnd(ours["mb_s"] / we["mb_s"], 3),
-                       sentences_wikiextractor=len(we["sentences"]),
-                       sentences_ours_vs_wikiextractor=rnd(len(ours["sentences"]) / max(1, len(we["sentences"])), 3),
-                       hole_share_wikiextractor=rnd(hs_we, 5), sentence_drops_wikiextractor=we["sentence_drops"])
+            f"hole-pattern share {hs_ours:.2%} (ours) vs {hs_we:.2%} (WikiExtractor)"
+        )
+        figures.update(
+            wikiextractor_version=we_mod.__version__,
+            wikiextractor_mb_s=rnd(we["mb_s"]),
+            wikiextractor_pages_s=rnd(we["pages_s"], 1),
+            cleaner_vs_wikiextractor=rnd(ours["mb_s"] / we["mb_s"], 3),
+            sentences_wikiextractor=len(we["sentences"]),
+            sentences_ours_vs_wikiextractor=rnd(len(ours["sentences"]) / max(1, len(we["sentences"])), 3),
+            hole_share_wikiextractor=rnd(hs_we, 5),
+            sentence_drops_wikiextractor=we["sentence_drops"],
+        )
         del we
     figures["hole_pattern"] = HOLE_PATTERN.pattern
     del pages, ours
@@ -448,37 +546,58 @@ def main() -> None:
     # 5./6. the Ray job
     if not a.skip_ray:
         runs = {}
-        plan = [("multistream-1cpu", info, 1, True), ("multistream-2cpu", info, 2, True), ("stream-2cpu", info, 2, False)]
+        plan = [
+            ("multistream-1cpu", info, 1, True),
+            ("multistream-2cpu", info, 2, True),
+            ("stream-2cpu", info, 2, False),
+        ]
         if not a.quick:
             small = make(os.path.join(output, f"synthetic-{size / 4:g}mb"), size / 4)
-            small = {**small, "dump": os.path.abspath(small["dump"]), "index": os.path.abspath(small["index"])}
+            small = {
+                **small,
+                "dump": os.path.abspath(small["dump"]),
+                "index": os.path.abspath(small["index"]),
+            }
             plan.append(("multistream-2cpu-quarter", small, 2, True))
         for name, inf, cpus, with_index in plan:
-            log(f"ray job {name}: {inf['wikitext_bytes'] / MB:.0f} MB wikitext, {cpus} CPU(s), "
-                f"{'with' if with_index else 'without'} the index …")
+            log(
+                f"ray job {name}: {inf['wikitext_bytes'] / MB:.0f} MB wikitext, {cpus} CPU(s), "
+                f"{'with' if with_index else 'without'} the index …"
+            )
             r = run_ray_job(name, inf, cpus, with_index, output)
             runs[name] = r
             if "error" in r:
                 log(f"  FAILED: {r['error']}")
                 continue
-            log(f"  {r['mb_s']:.2f} MB/s, {r['pages_s']:.0f} pages/s ({r['seconds']:.1f} s in prepare_corpus, "
+            log(
+                f"  {r['mb_s']:.2f} MB/s, {r['pages_s']:.0f} pages/s ({r['seconds']:.1f} s in prepare_corpus, "
                 f"{r['subprocess_wall_s']:.1f} s with Ray start/stop); {r['counts']['sentences_kept']} sentences; "
                 f"peak RSS: worker {r['peak_worker_rss_mb']} MB, workers+driver {r['peak_total_rss_mb']} MB "
-                f"(whole process tree incl. raylet/GCS {r['peak_tree_rss_mb']} MB)")
+                f"(whole process tree incl. raylet/GCS {r['peak_tree_rss_mb']} MB)"
+            )
 
         def fig(name, key, n=2):
             r = runs.get(name)
             return rnd(r[key], n) if r and key in r and r[key] is not None else None
 
         one, two = fig("multistream-1cpu", "mb_s"), fig("multistream-2cpu", "mb_s")
-        speedup = rnd(runs["multistream-2cpu"]["mb_s"] / runs["multistream-1cpu"]["mb_s"], 3) if one and two else None
+        speedup = (
+            rnd(runs["multistream-2cpu"]["mb_s"] / runs["multistream-1cpu"]["mb_s"], 3)
+            if one and two
+            else None
+        )
         full = [r for n, r in runs.items() if not n.endswith("quarter") and "error" not in r]
         figures.update(
-            ray_1cpu_mb_s=one, ray_1cpu_pages_s=fig("multistream-1cpu", "pages_s", 1),
-            ray_2cpu_mb_s=two, ray_2cpu_pages_s=fig("multistream-2cpu", "pages_s", 1),
+            ray_1cpu_mb_s=one,
+            ray_1cpu_pages_s=fig("multistream-1cpu", "pages_s", 1),
+            ray_2cpu_mb_s=two,
+            ray_2cpu_pages_s=fig("multistream-2cpu", "pages_s", 1),
             ray_speedup_2v1=speedup,
-            ray_stream_2cpu_mb_s=fig("stream-2cpu", "mb_s"), ray_stream_2cpu_pages_s=fig("stream-2cpu", "pages_s", 1),
-            sentences_ray=(runs["multistream-2cpu"].get("counts") or {}).get("sentences_kept") if "multistream-2cpu" in runs else None,
+            ray_stream_2cpu_mb_s=fig("stream-2cpu", "mb_s"),
+            ray_stream_2cpu_pages_s=fig("stream-2cpu", "pages_s", 1),
+            sentences_ray=(runs["multistream-2cpu"].get("counts") or {}).get("sentences_kept")
+            if "multistream-2cpu" in runs
+            else None,
             peak_worker_rss_mb=max((r["peak_worker_rss_mb"] for r in full), default=None),
             peak_total_rss_mb=max((r["peak_total_rss_mb"] for r in full), default=None),
             peak_tree_rss_mb=max((r["peak_tree_rss_mb"] for r in full), default=None),
