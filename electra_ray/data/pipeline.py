@@ -264,10 +264,19 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
             f"{cfg.dump}: {total} shards of {cfg.pages_per_shard} pages from the index, {todo} to do, up to {workers} in parallel"
         )
         if todo:
-            # Read and clean fuse into one task per shard (same compute, same resources).
-            ds = ray.data.read_datasource(source, override_num_blocks=todo)
-            ds = ds.map_batches(process_shard_rows, fn_kwargs=kwargs, batch_size=None, batch_format="pyarrow")
-            results = ds.take_all()
+            # Read and clean fuse into one task per shard (same compute, same resources). With a
+            # single operator, Ray Data's per-operator reservation (half the CPUs kept for
+            # downstream operators that do not exist) would idle half the cluster: measured 1.24
+            # vs 1.93 tasks in parallel on 2 CPUs.
+            ctx = ray.data.DataContext.get_current()
+            saved = ctx.op_resource_reservation_enabled
+            ctx.op_resource_reservation_enabled = False
+            try:
+                ds = ray.data.read_datasource(source, override_num_blocks=todo)
+                ds = ds.map_batches(process_shard_rows, fn_kwargs=kwargs, batch_size=None, batch_format="pyarrow")
+                results = ds.take_all()
+            finally:
+                ctx.op_resource_reservation_enabled = saved
         else:
             results = []
     else:

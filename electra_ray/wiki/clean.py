@@ -572,14 +572,19 @@ def clean_wikitext(text: str, title: str = "", *, max_seconds: float | None = No
     return Cleaned(to_units(text), renderer.holes)
 
 
+@lru_cache(maxsize=1)
+def _disambiguation_re() -> re.Pattern:
+    names = []
+    for n in load_tables().disambiguation_templates:
+        first = f"[{re.escape(n[0].upper())}{re.escape(n[0].lower())}]" if n[0].upper() != n[0].lower() else re.escape(n[0])
+        names.append(first + "".join(r"[ _]+" if c == " " else re.escape(c) for c in n[1:]))
+    return re.compile(r"\{\{\s*(?:Template:|テンプレート:)?(?:" + "|".join(names) + r")\s*(?:\||\}\})")
+
+
 def is_disambiguation(title: str, text: str) -> bool:
+    """A disambiguation page: title suffix (曖昧さ回避) or one of the disambiguation templates."""
     tables = load_tables()
     t = title.strip()
     if any(t.endswith(s) or t.endswith(s.replace("(", " (")) for s in tables.disambiguation_title_suffixes):
         return True
-    if "{{" not in text:
-        return False
-    for m in re.finditer(r"\{\{\s*([^{}|\n]+?)\s*(?:\||\}\})", text):
-        if normalize_template_name(m.group(1)) in tables.disambiguation_templates:
-            return True
-    return False
+    return "{{" in text and _disambiguation_re().search(text) is not None

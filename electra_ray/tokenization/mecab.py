@@ -1,0 +1,48 @@
+"""MeCab (fugashi + ipadic), built lazily once per process, and the pre-tokenization every stage shares.
+
+``fugashi`` taggers cannot be pickled, so nothing holds one across a Ray task boundary: each process
+builds its own on first use (:func:`tagger`). The pre-tokenization is the one transformers'
+``BertJapaneseTokenizer`` (``word_tokenizer_type="mecab"``, ``mecab_dic="ipadic"``) applies, so a
+vocabulary trained on it is used at inference exactly as it was trained:
+
+    split on special-token literals → NFKC → MeCab surfaces → split on Python whitespace
+
+MeCab's ``-Owakati`` output joins surfaces with single spaces; a surface never contains a space
+(MeCab skips spaces between words), so splitting that output on whitespace gives exactly the
+pieces ``BertJapaneseTokenizer`` gets by splitting each node's surface on whitespace, ~1.4× faster
+than walking nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+
+_TAGGERS: dict[tuple[int, str], object] = {}
+
+
+def mecab_args() -> str:
+    import ipadic
+
+    return ipadic.MECAB_ARGS
+
+
+def tagger(wakati: bool = True):
+    """This process's fugashi tagger (ipadic); ``wakati`` gives the space-separated output mode."""
+    key = (os.getpid(), "wakati" if wakati else "nodes")
+    t = _TAGGERS.get(key)
+    if t is None:
+        import fugashi
+
+        t = fugashi.GenericTagger(mecab_args() + (" -Owakati" if wakati else ""))
+        _TAGGERS[key] = t
+    return t
+
+
+def words(text: str, normalize: bool = True) -> list[str]:
+    """NFKC (optionally), then MeCab words as BertJapaneseTokenizer sees them (whitespace removed)."""
+    if normalize:
+        text = unicodedata.normalize("NFKC", text)
+    if not text:
+        return []
+    return tagger().parse(text).split()
