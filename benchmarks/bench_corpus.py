@@ -558,6 +558,7 @@ def main() -> None:
                 "dump": os.path.abspath(small["dump"]),
                 "index": os.path.abspath(small["index"]),
             }
+            plan.append(("multistream-1cpu-quarter", small, 1, True))
             plan.append(("multistream-2cpu-quarter", small, 2, True))
         for name, inf, cpus, with_index in plan:
             log(
@@ -604,6 +605,29 @@ def main() -> None:
             peak_worker_rss_mb_2cpu=fig("multistream-2cpu", "peak_worker_rss_mb", 1),
             peak_total_rss_mb_2cpu=fig("multistream-2cpu", "peak_total_rss_mb", 1),
         )
+
+        def marginal(cpus: int) -> tuple[float, float] | None:
+            """(MB/s on the extra 3/4 of the data, fixed seconds): separates Ray's start-up from throughput."""
+            big, small = runs.get(f"multistream-{cpus}cpu"), runs.get(f"multistream-{cpus}cpu-quarter")
+            if not big or not small or "error" in big or "error" in small:
+                return None
+            mb = (big["counts"]["wikitext_bytes"] - small["counts"]["wikitext_bytes"]) / MB
+            rate = mb / (big["seconds"] - small["seconds"])
+            return rate, big["seconds"] - big["counts"]["wikitext_bytes"] / MB / rate
+
+        m1, m2 = marginal(1), marginal(2)
+        if m1 and m2:
+            figures.update(
+                ray_1cpu_marginal_mb_s=rnd(m1[0]),
+                ray_2cpu_marginal_mb_s=rnd(m2[0]),
+                ray_marginal_speedup_2v1=rnd(m2[0] / m1[0], 3),
+                ray_fixed_seconds_1cpu=rnd(m1[1]),
+                ray_fixed_seconds_2cpu=rnd(m2[1]),
+            )
+            log(
+                f"steady state (the extra 3/4 of the data): {m1[0]:.2f} MB/s on 1 CPU, {m2[0]:.2f} MB/s on 2 CPUs "
+                f"= {m2[0] / m1[0]:.2f}x; fixed start-up ~{m1[1]:.1f} s / {m2[1]:.1f} s"
+            )
         if "multistream-2cpu-quarter" in runs:
             figures.update(
                 small_size_mb=size / 4,

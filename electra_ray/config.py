@@ -165,3 +165,28 @@ class CorpusConfig(Config):
             "clean": self.clean.to_dict(),
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerConfig(Config):
+    """jobs/train_tokenizer.py: corpus → WordPiece vocabulary folder (BertJapaneseTokenizer, MeCab ipadic)."""
+
+    corpus: str = field(metadata={"help": "corpus folder written by prepare_corpus (local or s3://)"})
+    output: str = field(metadata={"help": "tokenizer folder to write (local or s3://)"})
+    vocab_size: int = field(default=32768, metadata={"help": "vocabulary size, special tokens included"})
+    min_frequency: int = field(default=2, metadata={"help": "a merge must occur at least this often"})
+    limit_alphabet: int = field(default=6129, metadata={"help": "most single characters kept in the alphabet"})
+    special_order: str = field(default="released", metadata={"help": "'released' ([UNK]=0 … [MASK]=4, <unused0..9>) or 'pad-first' ([PAD]=0)"})
+    heldout_fraction: float = field(default=0.01, metadata={"help": "share of pages (by page id) kept out of counting, to measure the UNK rate"})
+    unk_eval_sentences: int = field(default=20000, metadata={"help": "most held-out sentences encoded for the UNK rate"})
+    max_workers: int | None = field(default=None, metadata={"help": "most MeCab actors (default: the cluster's CPUs)"})
+
+    def validate(self) -> None:
+        _check(bool(self.corpus), "--corpus is required")
+        _check(bool(self.output), "--output is required")
+        _check(self.vocab_size >= 64, f"vocab_size must be at least 64, got {self.vocab_size}")
+        _check(self.min_frequency >= 1, f"min_frequency must be >= 1, got {self.min_frequency}")
+        _check(self.limit_alphabet >= 1, f"limit_alphabet must be >= 1, got {self.limit_alphabet}")
+        _check(self.special_order in ("released", "pad-first"), f"special_order must be 'released' or 'pad-first', got {self.special_order!r}")
+        _check(0 <= self.heldout_fraction < 0.5, f"heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
+        _check(self.max_workers is None or self.max_workers >= 1, f"max_workers must be >= 1, got {self.max_workers}")

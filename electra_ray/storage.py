@@ -292,3 +292,23 @@ def parquet_bytes(table: Any, **kwargs: Any) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, **kwargs)
     return buf.getvalue()
+
+
+def pyarrow_filesystem(uri: str):
+    """A pyarrow filesystem for ``uri`` (for Ray Data readers), with the same endpoint rules."""
+    import pyarrow.fs as pafs
+
+    if uri.startswith(("s3://", "s3a://")):
+        kwargs: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
+        ep = endpoint_url()
+        if ep:
+            kwargs["endpoint_override"] = ep
+        return pafs.S3FileSystem(**kwargs)
+    return pafs.LocalFileSystem()
+
+
+def to_pyarrow_path(uri: str) -> str:
+    """The path of ``uri`` inside its pyarrow filesystem (``bucket/key`` for S3)."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri.split("://", 1)[1]
+    return filesystem(uri)[1]

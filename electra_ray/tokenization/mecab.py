@@ -46,3 +46,31 @@ def words(text: str, normalize: bool = True) -> list[str]:
     if not text:
         return []
     return tagger().parse(text).split()
+
+
+DEFAULT_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+
+
+def special_splitter(specials: tuple[str, ...] = DEFAULT_SPECIALS):
+    """A compiled pattern whose ``split`` cuts special-token literals out (leftmost, longest first)."""
+    import re
+
+    alternation = "|".join(re.escape(t) for t in sorted(set(specials), key=len, reverse=True))
+    return re.compile(f"({alternation})")
+
+
+_DEFAULT_SPLITTER = None
+
+
+def pretokenize(text: str) -> list[str]:
+    """The words vocabulary training counts: special literals removed, then :func:`words` per chunk."""
+    global _DEFAULT_SPLITTER
+    if _DEFAULT_SPLITTER is None:
+        _DEFAULT_SPLITTER = special_splitter()
+    if "[" not in text:
+        return words(text)
+    out: list[str] = []
+    for i, part in enumerate(_DEFAULT_SPLITTER.split(text)):
+        if not i % 2 and part:
+            out.extend(words(part))
+    return out

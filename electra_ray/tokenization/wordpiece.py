@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import unicodedata
 from collections.abc import Iterable
 
-from electra_ray.tokenization.mecab import tagger
+from electra_ray.tokenization.mecab import special_splitter, tagger
 
 SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -106,10 +105,9 @@ class JapaneseWordPieceTokenizer:
         self.do_lower_case = do_lower_case
         self.max_input_chars_per_word = max_input_chars_per_word
         self.cache_size = cache_size
-        specials = [t for t in dict.fromkeys(special_tokens) if t]
+        specials = tuple(t for t in dict.fromkeys(special_tokens) if t)
         self.special_ids = {t: vocab.get(t, self.unk_id) for t in specials}
-        alternation = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
-        self._special_re = re.compile(f"({alternation})") if specials else None
+        self._special_re = special_splitter(specials) if specials else None
         self._cache: dict[str, tuple[int, ...]] = {}
 
     @classmethod

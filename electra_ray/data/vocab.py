@@ -1,0 +1,190 @@
+"""The tokenizer stage: count MeCab words across the cluster, train WordPiece, write the HF folder.
+
+Counting runs on Ray Data: Parquet reads (light, 0 CPUs reserved so they are never starved) feed an
+autoscaling actor pool, one MeCab tagger per actor; each batch returns its word counts and the
+driver merges them (memory: one entry per distinct word, a few million for all of Wikipedia).
+Pages whose id falls in the held-out fraction are not counted; their sentences measure the
+vocabulary's UNK rate afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from electra_ray import __version__, storage
+from electra_ray.config import TokenizerConfig
+from electra_ray.tokenization.vocab import (
+    SPECIAL_ORDERS,
+    count_sentences,
+    is_heldout,
+    train_wordpiece,
+    vocab_checksum,
+    write_tokenizer_folder,
+)
+
+
+def corpus_files(corpus: str) -> list[str]:
+    files = storage.list_files(corpus, ".parquet")
+    if not files:
+        raise FileNotFoundError(f"{corpus}: no corpus shards (part-*.parquet); run jobs/prepare_corpus.py first")
+    return files
+
+
+def count_batch(batch: pa.Table, heldout_fraction: float) -> tuple[Counter, dict[str, int]]:
+    """Word counts of one batch of corpus rows (held-out pages skipped), and the batch's tallies."""
+    counts: Counter = Counter()
+    tally = {"pages": 0, "sentences": 0, "words": 0, "chars": 0}
+    ids = batch.column("page_id").to_pylist()
+    docs = batch.column("sentences").to_pylist()
+    for pid, sentences in zip(ids, docs):
+        if is_heldout(pid, heldout_fraction):
+            continue
+        tally["pages"] += 1
+        tally["sentences"] += len(sentences)
+        tally["chars"] += sum(map(len, sentences))
+        tally["words"] += count_sentences(sentences, counts)
+    return counts, tally
+
+
+class WordCounter:
+    """Actor-pool adapter: one MeCab tagger per actor (built lazily on first use)."""
+
+    def __init__(self, heldout_fraction: float) -> None:
+        self.heldout_fraction = heldout_fraction
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        counts, tally = count_batch(batch, self.heldout_fraction)
+        words = list(counts)
+        return pa.table(
+            {
+                "word": words,
+                "count": [counts[w] for w in words],
+                # the tallies ride on the first row of each batch's output
+                "pages": [tally["pages"]] + [0] * (len(words) - 1) if words else [],
+                "sentences": [tally["sentences"]] + [0] * (len(words) - 1) if words else [],
+                "chars": [tally["chars"]] + [0] * (len(words) - 1) if words else [],
+            },
+            schema=pa.schema([("word", pa.string()), ("count", pa.int64()), ("pages", pa.int64()), ("sentences", pa.int64()), ("chars", pa.int64())]),
+        )
+
+
+def count_words_ray(corpus: str, heldout_fraction: float, max_workers: int | None) -> tuple[Counter, dict[str, int]]:
+    import ray
+
+    files = corpus_files(corpus)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = min(cpus, max_workers or cpus)
+    ds = ray.data.read_parquet(
+        [storage.to_pyarrow_path(f) for f in files],
+        filesystem=storage.pyarrow_filesystem(files[0]),
+        columns=["page_id", "sentences"],
+        num_cpus=0,
+    )
+    ds = ds.map_batches(
+        WordCounter,
+        fn_constructor_kwargs={"heldout_fraction": heldout_fraction},
+        batch_size=64,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+        num_cpus=1,
+    )
+    counts: Counter = Counter()
+    tally = {"pages": 0, "sentences": 0, "words": 0, "chars": 0}
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        words = batch.column("word").to_pylist()
+        cs = batch.column("count").to_pylist()
+        for w, c in zip(words, cs):
+            counts[w] += c
+        tally["words"] += sum(cs)
+        for k in ("pages", "sentences", "chars"):
+            tally[k] += sum(batch.column(k).to_pylist())
+    return counts, tally
+
+
+def count_words_local(corpus: str, heldout_fraction: float) -> tuple[Counter, dict[str, int]]:
+    """The same counts in this process, without Ray (for tests and small corpora)."""
+    counts: Counter = Counter()
+    tally = {"pages": 0, "sentences": 0, "words": 0, "chars": 0}
+    for f in corpus_files(corpus):
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(f)), columns=["page_id", "sentences"])
+        c, t = count_batch(table, heldout_fraction)
+        counts.update(c)
+        for k in tally:
+            tally[k] += t[k]
+    return counts, tally
+
+
+def heldout_sentences(corpus: str, fraction: float, limit: int) -> list[str]:
+    out: list[str] = []
+    for f in corpus_files(corpus):
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(f)), columns=["page_id", "sentences"])
+        for pid, sentences in zip(table.column("page_id").to_pylist(), table.column("sentences").to_pylist()):
+            if is_heldout(pid, fraction):
+                out.extend(sentences)
+                if len(out) >= limit:
+                    return out[:limit]
+    return out
+
+
+def unk_rate(folder_or_vocab: list[str], sentences: list[str]) -> dict[str, Any]:
+    from electra_ray.tokenization.wordpiece import JapaneseWordPieceTokenizer
+
+    vocab = {t: i for i, t in enumerate(folder_or_vocab)}
+    enc = JapaneseWordPieceTokenizer(vocab)
+    tokens = unk = 0
+    for ids in enc.encode_batch(sentences):
+        tokens += len(ids)
+        unk += ids.count(enc.unk_id)
+    return {"sentences": len(sentences), "tokens": tokens, "unk": unk, "unk_rate": round(unk / tokens, 6) if tokens else None}
+
+
+def train_tokenizer(cfg: TokenizerConfig, *, use_ray: bool = True, log=print) -> dict[str, Any]:
+    t0 = time.time()
+    log(f"counting MeCab words in {cfg.corpus} ({'Ray' if use_ray else 'one process'}), "
+        f"holding out {cfg.heldout_fraction:.1%} of the pages")
+    if use_ray:
+        counts, tally = count_words_ray(cfg.corpus, cfg.heldout_fraction, cfg.max_workers)
+    else:
+        counts, tally = count_words_local(cfg.corpus, cfg.heldout_fraction)
+    if not counts:
+        raise ValueError(f"{cfg.corpus}: no words to train on (empty corpus, or everything held out)")
+    t_count = time.time() - t0
+    log(f"{tally['words']:,} words, {len(counts):,} distinct, from {tally['sentences']:,} sentences in {t_count:.1f} s; training WordPiece")
+    specials = SPECIAL_ORDERS[cfg.special_order]
+    vocab, facts = train_wordpiece(
+        counts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, limit_alphabet=cfg.limit_alphabet, special_tokens=specials
+    )
+    heldout = heldout_sentences(cfg.corpus, cfg.heldout_fraction, cfg.unk_eval_sentences)
+    unk = unk_rate(vocab, heldout)
+    corpus_manifest = None
+    if storage.exists(storage.join(cfg.corpus, "manifest.json")):
+        cm = storage.read_json(storage.join(cfg.corpus, "manifest.json"))
+        corpus_manifest = {"fingerprint": cm.get("fingerprint"), "counts": cm.get("counts")}
+    manifest = {
+        "format_version": 1,
+        "stage": "tokenizer",
+        "complete": True,
+        "corpus": {"uri": cfg.corpus, "manifest": corpus_manifest},
+        "counts": {**tally, "distinct_words": len(counts)},
+        "vocab": {**facts, "sha256": vocab_checksum(vocab), "special_tokens": list(specials)},
+        "heldout": {"fraction": cfg.heldout_fraction, **unk},
+        "config": cfg.to_dict(),
+        "versions": {"electra_ray": __version__, "tokenizers": _version("tokenizers"), "fugashi": _version("fugashi"), "ipadic": _version("ipadic")},
+        "seconds": {"count": round(t_count, 2), "total": round(time.time() - t0, 2)},
+    }
+    write_tokenizer_folder(cfg.output, vocab, manifest)
+    return manifest
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "unknown"

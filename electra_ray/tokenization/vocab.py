@@ -1,0 +1,137 @@
+"""WordPiece vocabulary training from MeCab word counts, and the Hugging Face tokenizer folder.
+
+Counting is the expensive half (MeCab over the whole corpus) and runs on the cluster
+(``data/pipeline.py``); training is the cheap half and runs here, with the HF ``tokenizers``
+WordPiece trainer fed from the counts. The pre-tokenization is the one used at inference
+(``mecab.words``: special-token split, NFKC, MeCab surfaces, whitespace split), so the vocabulary is
+trained the way ``BertJapaneseTokenizer`` will cut text.
+
+Vocabulary layout (the released model's): special tokens and ``<unused0..9>``, then the alphabet's
+single characters, then their ``##`` forms the trainer did not produce (without them, a word whose
+later characters are in the alphabet but never seen as continuations would become ``[UNK]``), then
+the learned pieces, cut so that the total is exactly ``vocab_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+from electra_ray import storage
+
+UNUSED = tuple(f"<unused{i}>" for i in range(10))
+SPECIAL_ORDERS = {
+    # the released izumi-lab order: [UNK]=0 … [MASK]=4, <unused0..9>=5..14
+    "released": ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", *UNUSED),
+    # padding at id 0, as model configs default to
+    "pad-first": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *UNUSED),
+}
+SPECIAL_NAMES = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+
+
+def is_heldout(page_id: int, fraction: float) -> bool:
+    """Deterministic held-out split by page id (Knuth's multiplicative hash), independent of sharding."""
+    if fraction <= 0:
+        return False
+    return ((page_id * 2654435761) % 2**32) / 2**32 < fraction
+
+
+def count_sentences(sentences: Iterable[str], counts: Counter) -> int:
+    """Add the MeCab words of ``sentences`` to ``counts``; returns the number of words."""
+    from electra_ray.tokenization.mecab import pretokenize
+
+    n = 0
+    for s in sentences:
+        ws = pretokenize(s)
+        counts.update(ws)
+        n += len(ws)
+    return n
+
+
+def _repeated(counts: dict[str, int], chunk: int = 4096) -> Iterator[str]:
+    """Feed the trainer each word ``count`` times, in a fixed order (sorted words), in bounded strings."""
+    for word in sorted(counts):
+        c = counts[word]
+        while c > 0:
+            k = min(c, chunk)
+            yield " ".join((word,) * k)
+            c -= k
+
+
+def train_wordpiece(
+    counts: dict[str, int],
+    *,
+    vocab_size: int,
+    min_frequency: int = 2,
+    limit_alphabet: int = 6129,
+    special_tokens: tuple[str, ...] = SPECIAL_ORDERS["released"],
+) -> tuple[list[str], dict]:
+    """Train WordPiece with the HF ``tokenizers`` library; returns (vocabulary in id order, facts)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    if vocab_size <= len(special_tokens):
+        raise ValueError(f"vocab_size {vocab_size} leaves no room beyond the {len(special_tokens)} special tokens")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        limit_alphabet=limit_alphabet,
+        special_tokens=list(special_tokens),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(_repeated(counts), trainer=trainer)
+    learned = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if t not in special_tokens]
+    singles = [t for t in learned if len(t) == 1]
+    continuing = set(t for t in learned if t.startswith("##"))
+    missing = [f"##{c}" for c in singles if f"##{c}" not in continuing]
+    rest = [t for t in learned if len(t) != 1]
+    vocab = [*special_tokens, *singles, *missing, *rest][:vocab_size]
+    facts = {
+        "alphabet": len(singles),
+        "continuations_added": len(missing),
+        "learned": len(vocab) - len(special_tokens) - len(singles) - len(missing),
+        "vocab_size": len(vocab),
+        "requested_vocab_size": vocab_size,
+    }
+    if len(vocab) < vocab_size:
+        facts["note"] = f"the corpus supports only {len(vocab)} pieces at min_frequency={min_frequency}"
+    if len(set(vocab)) != len(vocab):
+        raise AssertionError("duplicate vocabulary entries")
+    return vocab, facts
+
+
+def tokenizer_config(do_lower_case: bool = False, model_max_length: int = 512) -> dict:
+    """tokenizer_config.json: what makes AutoTokenizer build BertJapaneseTokenizer with MeCab ipadic."""
+    return {
+        **SPECIAL_NAMES,
+        "do_lower_case": do_lower_case,
+        "do_word_tokenize": True,
+        "do_subword_tokenize": True,
+        "word_tokenizer_type": "mecab",
+        "subword_tokenizer_type": "wordpiece",
+        "never_split": None,
+        "mecab_kwargs": {"mecab_dic": "ipadic"},
+        "tokenize_chinese_chars": False,
+        "tokenizer_class": "BertJapaneseTokenizer",
+        "model_max_length": model_max_length,
+    }
+
+
+def vocab_text(vocab: list[str]) -> str:
+    return "".join(t + "\n" for t in vocab)
+
+
+def vocab_checksum(vocab: list[str]) -> str:
+    return hashlib.sha256(vocab_text(vocab).encode("utf-8")).hexdigest()
+
+
+def write_tokenizer_folder(folder: str, vocab: list[str], manifest: dict) -> None:
+    """Write vocab.txt, tokenizer_config.json, special_tokens_map.json, then manifest.json last."""
+    storage.write_text(storage.join(folder, "vocab.txt"), vocab_text(vocab))
+    storage.write_json(storage.join(folder, "tokenizer_config.json"), tokenizer_config())
+    storage.write_json(storage.join(folder, "special_tokens_map.json"), dict(SPECIAL_NAMES))
+    storage.write_text(storage.join(folder, "manifest.json"), json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
