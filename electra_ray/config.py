@@ -175,11 +175,23 @@ class TokenizerConfig(Config):
     output: str = field(metadata={"help": "tokenizer folder to write (local or s3://)"})
     vocab_size: int = field(default=32768, metadata={"help": "vocabulary size, special tokens included"})
     min_frequency: int = field(default=2, metadata={"help": "a merge must occur at least this often"})
-    limit_alphabet: int = field(default=6129, metadata={"help": "most single characters kept in the alphabet"})
-    special_order: str = field(default="released", metadata={"help": "'released' ([UNK]=0 … [MASK]=4, <unused0..9>) or 'pad-first' ([PAD]=0)"})
-    heldout_fraction: float = field(default=0.01, metadata={"help": "share of pages (by page id) kept out of counting, to measure the UNK rate"})
-    unk_eval_sentences: int = field(default=20000, metadata={"help": "most held-out sentences encoded for the UNK rate"})
-    max_workers: int | None = field(default=None, metadata={"help": "most MeCab actors (default: the cluster's CPUs)"})
+    limit_alphabet: int = field(
+        default=6129, metadata={"help": "most single characters kept in the alphabet"}
+    )
+    special_order: str = field(
+        default="released",
+        metadata={"help": "'released' ([UNK]=0 … [MASK]=4, <unused0..9>) or 'pad-first' ([PAD]=0)"},
+    )
+    heldout_fraction: float = field(
+        default=0.01,
+        metadata={"help": "share of pages (by page id) kept out of counting, to measure the UNK rate"},
+    )
+    unk_eval_sentences: int = field(
+        default=20000, metadata={"help": "most held-out sentences encoded for the UNK rate"}
+    )
+    max_workers: int | None = field(
+        default=None, metadata={"help": "most MeCab actors (default: the cluster's CPUs)"}
+    )
 
     def validate(self) -> None:
         _check(bool(self.corpus), "--corpus is required")
@@ -187,6 +199,68 @@ class TokenizerConfig(Config):
         _check(self.vocab_size >= 64, f"vocab_size must be at least 64, got {self.vocab_size}")
         _check(self.min_frequency >= 1, f"min_frequency must be >= 1, got {self.min_frequency}")
         _check(self.limit_alphabet >= 1, f"limit_alphabet must be >= 1, got {self.limit_alphabet}")
-        _check(self.special_order in ("released", "pad-first"), f"special_order must be 'released' or 'pad-first', got {self.special_order!r}")
-        _check(0 <= self.heldout_fraction < 0.5, f"heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
-        _check(self.max_workers is None or self.max_workers >= 1, f"max_workers must be >= 1, got {self.max_workers}")
+        _check(
+            self.special_order in ("released", "pad-first"),
+            f"special_order must be 'released' or 'pad-first', got {self.special_order!r}",
+        )
+        _check(
+            0 <= self.heldout_fraction < 0.5,
+            f"heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}",
+        )
+        _check(
+            self.max_workers is None or self.max_workers >= 1,
+            f"max_workers must be >= 1, got {self.max_workers}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstancesConfig(Config):
+    """jobs/tokenize_corpus.py: corpus + tokenizer → packed pretraining instances (Parquet)."""
+
+    corpus: str = field(metadata={"help": "corpus folder written by prepare_corpus (local or s3://)"})
+    tokenizer: str = field(metadata={"help": "tokenizer folder written by train_tokenizer (local or s3://)"})
+    output: str = field(metadata={"help": "instances folder to write (local or s3://)"})
+    max_seq_length: int = field(
+        default=128, metadata={"help": "tokens per instance, [CLS] and [SEP]s included"}
+    )
+    short_seq_prob: float = field(
+        default=0.05, metadata={"help": "share of instances packed to a shorter random length"}
+    )
+    seed: int = field(
+        default=12345, metadata={"help": "packing seed (instances depend on it and the page id only)"}
+    )
+    ids_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto' (uint16 when the vocab fits), 'uint16' (error if it does not fit) or 'int32'"
+        },
+    )
+    max_workers: int | None = field(
+        default=None, metadata={"help": "most encoder actors (default: the cluster's CPUs)"}
+    )
+
+    def validate(self) -> None:
+        for name in ("corpus", "tokenizer", "output"):
+            _check(bool(getattr(self, name)), f"--{name} is required")
+        _check(
+            8 <= self.max_seq_length <= 4096,
+            f"max_seq_length must be in [8, 4096], got {self.max_seq_length}",
+        )
+        _check(
+            0.0 <= self.short_seq_prob <= 1.0, f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}"
+        )
+        _check(
+            self.ids_dtype in ("auto", "uint16", "int32"),
+            f"ids_dtype must be auto, uint16 or int32, got {self.ids_dtype!r}",
+        )
+        _check(
+            self.max_workers is None or self.max_workers >= 1,
+            f"max_workers must be >= 1, got {self.max_workers}",
+        )
+
+    def output_fingerprint(self, tokenizer_sha256: str) -> str:
+        data = {
+            k: getattr(self, k) for k in ("corpus", "max_seq_length", "short_seq_prob", "seed", "ids_dtype")
+        }
+        data["tokenizer_sha256"] = tokenizer_sha256
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -299,7 +299,9 @@ def pyarrow_filesystem(uri: str):
     import pyarrow.fs as pafs
 
     if uri.startswith(("s3://", "s3a://")):
-        kwargs: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
+        kwargs: dict[str, Any] = {
+            "region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+        }
         ep = endpoint_url()
         if ep:
             kwargs["endpoint_override"] = ep

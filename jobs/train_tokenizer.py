@@ -26,15 +26,28 @@ def parse_args(argv: list[str] | None) -> TokenizerConfig:
     p.add_argument("--corpus", required=True, help=h("corpus"))
     p.add_argument("--output", required=True, help=h("output"))
     p.add_argument("--vocab-size", type=int, default=TokenizerConfig.vocab_size, help=h("vocab_size"))
-    p.add_argument("--min-frequency", type=int, default=TokenizerConfig.min_frequency, help=h("min_frequency"))
-    p.add_argument("--limit-alphabet", type=int, default=TokenizerConfig.limit_alphabet, help=h("limit_alphabet"))
-    p.add_argument("--special-order", choices=["released", "pad-first"], default="released", help=h("special_order"))
-    p.add_argument("--heldout-fraction", type=float, default=TokenizerConfig.heldout_fraction, help=h("heldout_fraction"))
+    p.add_argument(
+        "--min-frequency", type=int, default=TokenizerConfig.min_frequency, help=h("min_frequency")
+    )
+    p.add_argument(
+        "--limit-alphabet", type=int, default=TokenizerConfig.limit_alphabet, help=h("limit_alphabet")
+    )
+    p.add_argument(
+        "--special-order", choices=["released", "pad-first"], default="released", help=h("special_order")
+    )
+    p.add_argument(
+        "--heldout-fraction", type=float, default=TokenizerConfig.heldout_fraction, help=h("heldout_fraction")
+    )
     p.add_argument("--max-workers", type=int, default=None, help=h("max_workers"))
     a = p.parse_args(argv)
     return TokenizerConfig(
-        corpus=a.corpus, output=a.output, vocab_size=a.vocab_size, min_frequency=a.min_frequency,
-        limit_alphabet=a.limit_alphabet, special_order=a.special_order, heldout_fraction=a.heldout_fraction,
+        corpus=a.corpus,
+        output=a.output,
+        vocab_size=a.vocab_size,
+        min_frequency=a.min_frequency,
+        limit_alphabet=a.limit_alphabet,
+        special_order=a.special_order,
+        heldout_fraction=a.heldout_fraction,
         max_workers=a.max_workers,
     )
 
@@ -48,9 +61,17 @@ def main(argv: list[str] | None = None) -> dict:
     cli.init_ray()
     m = train_tokenizer(cfg)
     v, h = m["vocab"], m["heldout"]
-    print(f"tokenizer: {v['vocab_size']} entries ({v['alphabet']} characters, {v['continuations_added']} ## forms added) "
-          f"in {cfg.output}; UNK rate on {h['sentences']} held-out sentences: {h['unk_rate']}", flush=True)
-    return {"output": cfg.output, "vocab_size": v["vocab_size"], "unk_rate": h["unk_rate"], "sha256": v["sha256"]}
+    print(
+        f"tokenizer: {v['vocab_size']} entries ({v['alphabet']} characters, {v['continuations_added']} ## forms added) "
+        f"in {cfg.output}; UNK rate on {h['sentences']} held-out sentences: {h['unk_rate']}",
+        flush=True,
+    )
+    return {
+        "output": cfg.output,
+        "vocab_size": v["vocab_size"],
+        "unk_rate": h["unk_rate"],
+        "sha256": v["sha256"],
+    }
 
 
 if __name__ == "__main__":

@@ -7,7 +7,14 @@ import os
 from collections import Counter
 
 from electra_ray.config import CleanConfig
-from electra_ray.data.corpus import ShardStats, clean_page, clean_shard, completed_shards, corpus_text, write_shard
+from electra_ray.data.corpus import (
+    ShardStats,
+    clean_page,
+    clean_shard,
+    completed_shards,
+    corpus_text,
+    write_shard,
+)
 from electra_ray.wiki.dump import Page
 
 

@@ -273,7 +273,9 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
             ctx.op_resource_reservation_enabled = False
             try:
                 ds = ray.data.read_datasource(source, override_num_blocks=todo)
-                ds = ds.map_batches(process_shard_rows, fn_kwargs=kwargs, batch_size=None, batch_format="pyarrow")
+                ds = ds.map_batches(
+                    process_shard_rows, fn_kwargs=kwargs, batch_size=None, batch_format="pyarrow"
+                )
                 results = ds.take_all()
             finally:
                 ctx.op_resource_reservation_enabled = saved

@@ -31,7 +31,9 @@ from electra_ray.tokenization.vocab import (
 def corpus_files(corpus: str) -> list[str]:
     files = storage.list_files(corpus, ".parquet")
     if not files:
-        raise FileNotFoundError(f"{corpus}: no corpus shards (part-*.parquet); run jobs/prepare_corpus.py first")
+        raise FileNotFoundError(
+            f"{corpus}: no corpus shards (part-*.parquet); run jobs/prepare_corpus.py first"
+        )
     return files
 
 
@@ -69,11 +71,21 @@ class WordCounter:
                 "sentences": [tally["sentences"]] + [0] * (len(words) - 1) if words else [],
                 "chars": [tally["chars"]] + [0] * (len(words) - 1) if words else [],
             },
-            schema=pa.schema([("word", pa.string()), ("count", pa.int64()), ("pages", pa.int64()), ("sentences", pa.int64()), ("chars", pa.int64())]),
+            schema=pa.schema(
+                [
+                    ("word", pa.string()),
+                    ("count", pa.int64()),
+                    ("pages", pa.int64()),
+                    ("sentences", pa.int64()),
+                    ("chars", pa.int64()),
+                ]
+            ),
         )
 
 
-def count_words_ray(corpus: str, heldout_fraction: float, max_workers: int | None) -> tuple[Counter, dict[str, int]]:
+def count_words_ray(
+    corpus: str, heldout_fraction: float, max_workers: int | None
+) -> tuple[Counter, dict[str, int]]:
     import ray
 
     files = corpus_files(corpus)
@@ -140,13 +152,20 @@ def unk_rate(folder_or_vocab: list[str], sentences: list[str]) -> dict[str, Any]
     for ids in enc.encode_batch(sentences):
         tokens += len(ids)
         unk += ids.count(enc.unk_id)
-    return {"sentences": len(sentences), "tokens": tokens, "unk": unk, "unk_rate": round(unk / tokens, 6) if tokens else None}
+    return {
+        "sentences": len(sentences),
+        "tokens": tokens,
+        "unk": unk,
+        "unk_rate": round(unk / tokens, 6) if tokens else None,
+    }
 
 
 def train_tokenizer(cfg: TokenizerConfig, *, use_ray: bool = True, log=print) -> dict[str, Any]:
     t0 = time.time()
-    log(f"counting MeCab words in {cfg.corpus} ({'Ray' if use_ray else 'one process'}), "
-        f"holding out {cfg.heldout_fraction:.1%} of the pages")
+    log(
+        f"counting MeCab words in {cfg.corpus} ({'Ray' if use_ray else 'one process'}), "
+        f"holding out {cfg.heldout_fraction:.1%} of the pages"
+    )
     if use_ray:
         counts, tally = count_words_ray(cfg.corpus, cfg.heldout_fraction, cfg.max_workers)
     else:
@@ -154,10 +173,16 @@ def train_tokenizer(cfg: TokenizerConfig, *, use_ray: bool = True, log=print) ->
     if not counts:
         raise ValueError(f"{cfg.corpus}: no words to train on (empty corpus, or everything held out)")
     t_count = time.time() - t0
-    log(f"{tally['words']:,} words, {len(counts):,} distinct, from {tally['sentences']:,} sentences in {t_count:.1f} s; training WordPiece")
+    log(
+        f"{tally['words']:,} words, {len(counts):,} distinct, from {tally['sentences']:,} sentences in {t_count:.1f} s; training WordPiece"
+    )
     specials = SPECIAL_ORDERS[cfg.special_order]
     vocab, facts = train_wordpiece(
-        counts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, limit_alphabet=cfg.limit_alphabet, special_tokens=specials
+        counts,
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        limit_alphabet=cfg.limit_alphabet,
+        special_tokens=specials,
     )
     heldout = heldout_sentences(cfg.corpus, cfg.heldout_fraction, cfg.unk_eval_sentences)
     unk = unk_rate(vocab, heldout)
@@ -174,7 +199,12 @@ def train_tokenizer(cfg: TokenizerConfig, *, use_ray: bool = True, log=print) ->
         "vocab": {**facts, "sha256": vocab_checksum(vocab), "special_tokens": list(specials)},
         "heldout": {"fraction": cfg.heldout_fraction, **unk},
         "config": cfg.to_dict(),
-        "versions": {"electra_ray": __version__, "tokenizers": _version("tokenizers"), "fugashi": _version("fugashi"), "ipadic": _version("ipadic")},
+        "versions": {
+            "electra_ray": __version__,
+            "tokenizers": _version("tokenizers"),
+            "fugashi": _version("fugashi"),
+            "ipadic": _version("ipadic"),
+        },
         "seconds": {"count": round(t_count, 2), "total": round(time.time() - t0, 2)},
     }
     write_tokenizer_folder(cfg.output, vocab, manifest)

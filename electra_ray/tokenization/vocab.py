@@ -28,7 +28,13 @@ SPECIAL_ORDERS = {
     # padding at id 0, as model configs default to
     "pad-first": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *UNUSED),
 }
-SPECIAL_NAMES = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+SPECIAL_NAMES = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
 
 
 def is_heldout(page_id: int, fraction: float) -> bool:
@@ -72,28 +78,45 @@ def train_wordpiece(
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     if vocab_size <= len(special_tokens):
-        raise ValueError(f"vocab_size {vocab_size} leaves no room beyond the {len(special_tokens)} special tokens")
+        raise ValueError(
+            f"vocab_size {vocab_size} leaves no room beyond the {len(special_tokens)} special tokens"
+        )
+    # The trainer breaks frequency ties by hash-map order (a different vocabulary on every run), both
+    # when it cuts the alphabet and through the ids it hands out to symbols in the order it meets
+    # them. So the alphabet is chosen here (most frequent first, ties by code point), and every
+    # initial symbol, each character and its ## form, is registered up front in a fixed order (as
+    # trainer "special tokens", which only fixes their ids): merges then tie-break on fixed ids.
+    chars: Counter = Counter()
+    for word, c in counts.items():
+        for ch in word:
+            chars[ch] += c
+    alphabet = sorted(sorted(chars, key=lambda ch: (-chars[ch], ch))[:limit_alphabet])
+    continuations = [f"##{c}" for c in alphabet]
+    base = [*special_tokens, *alphabet, *continuations]
+    if len(base) > vocab_size:
+        raise ValueError(
+            f"vocab_size {vocab_size} cannot hold the {len(special_tokens)} special tokens, the {len(alphabet)}-character "
+            f"alphabet and its {len(continuations)} ## forms; raise --vocab-size or lower --limit-alphabet"
+        )
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        limit_alphabet=limit_alphabet,
-        special_tokens=list(special_tokens),
+        limit_alphabet=len(alphabet),
+        initial_alphabet=alphabet,
+        special_tokens=base,
         continuing_subword_prefix="##",
         show_progress=False,
     )
     tok.train_from_iterator(_repeated(counts), trainer=trainer)
-    learned = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if t not in special_tokens]
-    singles = [t for t in learned if len(t) == 1]
-    continuing = set(t for t in learned if t.startswith("##"))
-    missing = [f"##{c}" for c in singles if f"##{c}" not in continuing]
-    rest = [t for t in learned if len(t) != 1]
-    vocab = [*special_tokens, *singles, *missing, *rest][:vocab_size]
+    registered = set(base)
+    learned = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if t not in registered]
+    vocab = [*base, *learned][:vocab_size]
     facts = {
-        "alphabet": len(singles),
-        "continuations_added": len(missing),
-        "learned": len(vocab) - len(special_tokens) - len(singles) - len(missing),
+        "alphabet": len(alphabet),
+        "continuations": len(continuations),
+        "learned": len(vocab) - len(base),
         "vocab_size": len(vocab),
         "requested_vocab_size": vocab_size,
     }
@@ -134,4 +157,6 @@ def write_tokenizer_folder(folder: str, vocab: list[str], manifest: dict) -> Non
     storage.write_text(storage.join(folder, "vocab.txt"), vocab_text(vocab))
     storage.write_json(storage.join(folder, "tokenizer_config.json"), tokenizer_config())
     storage.write_json(storage.join(folder, "special_tokens_map.json"), dict(SPECIAL_NAMES))
-    storage.write_text(storage.join(folder, "manifest.json"), json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+    storage.write_text(
+        storage.join(folder, "manifest.json"), json.dumps(manifest, ensure_ascii=False, indent=2) + "\n"
+    )

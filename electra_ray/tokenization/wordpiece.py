@@ -56,7 +56,9 @@ def read_folder_config(folder: str) -> tuple[dict, dict]:
             special = json.load(f)
     cls = cfg.get("tokenizer_class", "BertJapaneseTokenizer")
     if cls not in ("BertJapaneseTokenizer", "BertJapaneseTokenizerFast"):
-        raise TokenizerFolderError(f"{cfg_path}: tokenizer_class is {cls!r}; expected 'BertJapaneseTokenizer'")
+        raise TokenizerFolderError(
+            f"{cfg_path}: tokenizer_class is {cls!r}; expected 'BertJapaneseTokenizer'"
+        )
     if cfg.get("word_tokenizer_type", "basic") != "mecab":
         raise TokenizerFolderError(
             f"{cfg_path}: word_tokenizer_type is {cfg.get('word_tokenizer_type', 'basic')!r}; expected 'mecab'"
@@ -115,7 +117,13 @@ class JapaneseWordPieceTokenizer:
         cfg, special = read_folder_config(folder)
         vocab = load_vocab(os.path.join(folder, "vocab.txt"))
         names = {k: _token_str(special.get(k) or cfg.get(k)) for k in SPECIAL_TOKENS}
-        defaults = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+        defaults = {
+            "unk_token": "[UNK]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+        }
         tokens = [names[k] or defaults[k] for k in SPECIAL_TOKENS]
         extra = special.get("additional_special_tokens") or cfg.get("additional_special_tokens") or []
         tokens += [_token_str(t) for t in extra]

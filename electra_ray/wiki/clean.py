@@ -576,7 +576,11 @@ def clean_wikitext(text: str, title: str = "", *, max_seconds: float | None = No
 def _disambiguation_re() -> re.Pattern:
     names = []
     for n in load_tables().disambiguation_templates:
-        first = f"[{re.escape(n[0].upper())}{re.escape(n[0].lower())}]" if n[0].upper() != n[0].lower() else re.escape(n[0])
+        first = (
+            f"[{re.escape(n[0].upper())}{re.escape(n[0].lower())}]"
+            if n[0].upper() != n[0].lower()
+            else re.escape(n[0])
+        )
         names.append(first + "".join(r"[ _]+" if c == " " else re.escape(c) for c in n[1:]))
     return re.compile(r"\{\{\s*(?:Template:|テンプレート:)?(?:" + "|".join(names) + r")\s*(?:\||\}\})")
 
