@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     m = train_tokenizer(cfg)
     v, h = m["vocab"], m["heldout"]
     print(
-        f"tokenizer: {v['vocab_size']} entries ({v['alphabet']} characters, {v['continuations_added']} ## forms added) "
+        f"tokenizer: {v['vocab_size']} entries ({v['alphabet']} characters, {v['continuations']} ## forms, {v['learned']} learned pieces) "
         f"in {cfg.output}; UNK rate on {h['sentences']} held-out sentences: {h['unk_rate']}",
         flush=True,
     )

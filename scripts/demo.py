@@ -1,6 +1,7 @@
 """The whole pipeline, small, on the bundled sample dump, on this machine (`make demo`).
 
-Today: the corpus stage (dump → clean sentences). Later stages append themselves here.
+Today: corpus (dump → clean sentences) → vocabulary (MeCab + WordPiece) → pretraining instances.
+Later stages (pretraining, export) append themselves here.
 """
 
 from __future__ import annotations
@@ -68,7 +69,46 @@ def main() -> None:
         print(f"\n  [{row['page_id']}] {row['title']}")
         for s in row["sentences"][:3]:
             print(f"    {s}")
-    print("\ndone. Next stages (vocabulary, instances, pretraining) arrive with their issues.")
+
+    tokenizer = os.path.join(OUT, "tokenizer")
+    tok = run_job(
+        "train_tokenizer.py",
+        "--corpus",
+        corpus,
+        "--output",
+        tokenizer,
+        "--vocab-size",
+        "3000",
+        "--limit-alphabet",
+        "1200",
+        "--heldout-fraction",
+        "0.1",
+    )
+    instances = os.path.join(OUT, "instances")
+    inst = run_job("tokenize_corpus.py", "--corpus", corpus, "--tokenizer", tokenizer, "--output", instances)
+
+    from transformers import AutoTokenizer
+
+    from electra_ray.tokenization import JapaneseWordPieceTokenizer
+
+    hf = AutoTokenizer.from_pretrained(tokenizer)
+    fast = JapaneseWordPieceTokenizer.from_pretrained(tokenizer)
+    sentence = rows[0]["sentences"][0]
+    print(
+        f"\ntokenizer: {os.path.relpath(tokenizer, ROOT)}/ ({tok['vocab_size']} entries; loads as {type(hf).__name__}; "
+        f"held-out UNK rate {tok['unk_rate']})"
+    )
+    print(f"  {sentence}")
+    print(f"  → {' '.join(fast.tokenize(sentence))}")
+    print(
+        f"  ids {fast.encode(sentence)[:16]}… (identical to BertJapaneseTokenizer: "
+        f"{fast.encode(sentence) == hf(sentence, add_special_tokens=False)['input_ids']})"
+    )
+    print(
+        f"\ninstances: {os.path.relpath(instances, ROOT)}/ ({inst['instances']} instances of ≤128 tokens, "
+        f"{inst['tokens']} tokens)"
+    )
+    print("\ndone. Pretraining and export arrive with their issues.")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from electra_ray.data.corpus import (
     shard_name,
     write_shard,
 )
+from electra_ray.data.resources import actor_pool, cluster_cpus
 from electra_ray.wiki.dump import (
     DumpError,
     Page,
@@ -255,7 +256,7 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
         "formats": tuple(cfg.formats),
         "fingerprint": fingerprint,
     }
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = cluster_cpus()
     workers = min(cpus, cfg.max_workers or cpus)
     if total is not None:
         mode = "multistream"
@@ -290,7 +291,7 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
             fn_constructor_kwargs=kwargs,
             batch_size=None,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+            compute=actor_pool(cfg.max_workers),
             num_cpus=1,
         )
         results = ds.take_all()

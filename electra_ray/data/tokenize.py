@@ -26,6 +26,7 @@ from electra_ray import __version__, storage
 from electra_ray.config import InstancesConfig
 from electra_ray.data.corpus import shard_name
 from electra_ray.data.instances import SpecialIds, doc_rng, instances_table, pack_document
+from electra_ray.data.resources import actor_pool, pool_size
 from electra_ray.tokenization.wordpiece import (
     JapaneseWordPieceTokenizer,
     TokenizerFolderError,
@@ -173,10 +174,9 @@ def tokenize_corpus(cfg: InstancesConfig, *, log=print) -> dict[str, Any]:
             return old
     done = _done(cfg.output, fingerprint)
     todo = [{"shard": k, "file": f} for k, f in enumerate(files) if k not in done]
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    workers = max(1, min(cpus, cfg.max_workers or cpus, len(todo) or 1))
+    lo, hi = pool_size(cfg.max_workers, len(todo) or 1)
     log(
-        f"{len(files)} corpus shards, {len(done)} already encoded, {len(todo)} to do with up to {workers} encoder(s)"
+        f"{len(files)} corpus shards, {len(done)} already encoded, {len(todo)} to do with {lo}-{hi} encoder(s)"
     )
     results = []
     if todo:
@@ -192,7 +192,7 @@ def tokenize_corpus(cfg: InstancesConfig, *, log=print) -> dict[str, Any]:
             },
             batch_size=1,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+            compute=actor_pool(cfg.max_workers, len(todo)),
             num_cpus=1,
         )
         results = [json.loads(r["stats"]) for r in ds.take_all()]
@@ -230,14 +230,20 @@ def tokenize_corpus(cfg: InstancesConfig, *, log=print) -> dict[str, Any]:
     return manifest
 
 
-class _DocEncoder:
+class _FileEncoder:
+    """Actor: the instances of whole corpus shards, as rows (for :func:`instances_dataset`)."""
+
     def __init__(self, tokenizer: str, max_len: int, seed: int, short_prob: float, ids_dtype: str) -> None:
         self.enc = JapaneseWordPieceTokenizer.from_pretrained(local_tokenizer(tokenizer))
         self.kw = {"max_len": max_len, "seed": seed, "short_prob": short_prob}
         self.type = pa.uint16() if ids_dtype == "uint16" else pa.int32()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        inst = encode_documents(batch, self.enc, stats=Counter(), **self.kw)
+        from electra_ray.data.vocab import read_corpus_file
+
+        inst = []
+        for uri in batch.column("file").to_pylist():
+            inst.extend(encode_documents(read_corpus_file(uri), self.enc, stats=Counter(), **self.kw))
         return instances_table(inst, self.type)
 
 
@@ -250,22 +256,19 @@ def instances_dataset(
     short_seq_prob: float = 0.05,
     max_workers: int | None = None,
 ):
-    """The instances as a Ray Dataset (object store, no Parquet written), in corpus order."""
+    """The instances as a Ray Dataset (object store, no Parquet written), in corpus order.
+
+    Same rows, same order as the Parquet shards ``tokenize_corpus`` writes with these settings.
+    """
     import ray
 
     from electra_ray.data.vocab import corpus_files
 
     tok = check_tokenizer(tokenizer, "auto")
     files = corpus_files(corpus)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = ray.data.read_parquet(
-        [storage.to_pyarrow_path(f) for f in files],
-        filesystem=storage.pyarrow_filesystem(files[0]),
-        columns=["page_id", "sentences"],
-        num_cpus=0,
-    )
+    ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
     ds = ds.map_batches(
-        _DocEncoder,
+        _FileEncoder,
         fn_constructor_kwargs={
             "tokenizer": tokenizer,
             "max_len": max_seq_length,
@@ -273,9 +276,9 @@ def instances_dataset(
             "short_prob": short_seq_prob,
             "ids_dtype": tok["ids_dtype"],
         },
-        batch_size=64,
+        batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(cpus, max_workers or cpus)),
+        compute=actor_pool(max_workers, len(files)),
         num_cpus=1,
     )
     ds.context.execution_options.preserve_order = True

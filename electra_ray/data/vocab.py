@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from electra_ray import __version__, storage
 from electra_ray.config import TokenizerConfig
+from electra_ray.data.resources import actor_pool
 from electra_ray.tokenization.vocab import (
     SPECIAL_ORDERS,
     count_sentences,
@@ -53,32 +54,42 @@ def count_batch(batch: pa.Table, heldout_fraction: float) -> tuple[Counter, dict
     return counts, tally
 
 
+def read_corpus_file(uri: str) -> pa.Table:
+    return pq.read_table(pa.BufferReader(storage.read_bytes(uri)), columns=["page_id", "sentences"])
+
+
+_TALLY = ("pages", "sentences", "chars")
+
+
 class WordCounter:
-    """Actor-pool adapter: one MeCab tagger per actor (built lazily on first use)."""
+    """Actor: the word counts of whole corpus shards; one MeCab tagger per actor (built on first use).
+
+    Each actor reads its shard itself: no upstream read tasks compete for the CPUs the actors hold
+    (on a small cluster that competition deadlocks an actor pool).
+    """
 
     def __init__(self, heldout_fraction: float) -> None:
         self.heldout_fraction = heldout_fraction
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        counts, tally = count_batch(batch, self.heldout_fraction)
+        counts: Counter = Counter()
+        tally = dict.fromkeys(_TALLY, 0)
+        for uri in batch.column("file").to_pylist():
+            c, t = count_batch(read_corpus_file(uri), self.heldout_fraction)
+            counts.update(c)
+            for k in _TALLY:
+                tally[k] += t[k]
         words = list(counts)
+        pad = [0] * max(0, len(words) - 1)
+        # one output row per distinct word; the shard's tallies ride on the first row
         return pa.table(
             {
                 "word": words,
                 "count": [counts[w] for w in words],
-                # the tallies ride on the first row of each batch's output
-                "pages": [tally["pages"]] + [0] * (len(words) - 1) if words else [],
-                "sentences": [tally["sentences"]] + [0] * (len(words) - 1) if words else [],
-                "chars": [tally["chars"]] + [0] * (len(words) - 1) if words else [],
+                **{k: [tally[k], *pad] if words else [] for k in _TALLY},
             },
             schema=pa.schema(
-                [
-                    ("word", pa.string()),
-                    ("count", pa.int64()),
-                    ("pages", pa.int64()),
-                    ("sentences", pa.int64()),
-                    ("chars", pa.int64()),
-                ]
+                [("word", pa.string()), ("count", pa.int64())] + [(k, pa.int64()) for k in _TALLY]
             ),
         )
 
@@ -86,23 +97,17 @@ class WordCounter:
 def count_words_ray(
     corpus: str, heldout_fraction: float, max_workers: int | None
 ) -> tuple[Counter, dict[str, int]]:
+    """MeCab word counts of the corpus (held-out pages skipped) on the Ray cluster."""
     import ray
 
     files = corpus_files(corpus)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    workers = min(cpus, max_workers or cpus)
-    ds = ray.data.read_parquet(
-        [storage.to_pyarrow_path(f) for f in files],
-        filesystem=storage.pyarrow_filesystem(files[0]),
-        columns=["page_id", "sentences"],
-        num_cpus=0,
-    )
+    ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
     ds = ds.map_batches(
         WordCounter,
         fn_constructor_kwargs={"heldout_fraction": heldout_fraction},
-        batch_size=64,
+        batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+        compute=actor_pool(max_workers, len(files)),
         num_cpus=1,
     )
     counts: Counter = Counter()
@@ -113,7 +118,7 @@ def count_words_ray(
         for w, c in zip(words, cs):
             counts[w] += c
         tally["words"] += sum(cs)
-        for k in ("pages", "sentences", "chars"):
+        for k in _TALLY:
             tally[k] += sum(batch.column(k).to_pylist())
     return counts, tally
 
@@ -123,8 +128,7 @@ def count_words_local(corpus: str, heldout_fraction: float) -> tuple[Counter, di
     counts: Counter = Counter()
     tally = {"pages": 0, "sentences": 0, "words": 0, "chars": 0}
     for f in corpus_files(corpus):
-        table = pq.read_table(pa.BufferReader(storage.read_bytes(f)), columns=["page_id", "sentences"])
-        c, t = count_batch(table, heldout_fraction)
+        c, t = count_batch(read_corpus_file(f), heldout_fraction)
         counts.update(c)
         for k in tally:
             tally[k] += t[k]
@@ -134,7 +138,7 @@ def count_words_local(corpus: str, heldout_fraction: float) -> tuple[Counter, di
 def heldout_sentences(corpus: str, fraction: float, limit: int) -> list[str]:
     out: list[str] = []
     for f in corpus_files(corpus):
-        table = pq.read_table(pa.BufferReader(storage.read_bytes(f)), columns=["page_id", "sentences"])
+        table = read_corpus_file(f)
         for pid, sentences in zip(table.column("page_id").to_pylist(), table.column("sentences").to_pylist()):
             if is_heldout(pid, fraction):
                 out.extend(sentences)

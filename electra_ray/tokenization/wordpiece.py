@@ -21,6 +21,7 @@ import json
 import os
 import unicodedata
 from collections.abc import Iterable
+from itertools import chain
 
 from electra_ray.tokenization.mecab import special_splitter, tagger
 
@@ -110,6 +111,10 @@ class JapaneseWordPieceTokenizer:
         specials = tuple(t for t in dict.fromkeys(special_tokens) if t)
         self.special_ids = {t: vocab.get(t, self.unk_id) for t in specials}
         self._special_re = special_splitter(specials) if specials else None
+        firsts = {t[0] for t in specials}
+        self._special_first = firsts.pop() if len(firsts) == 1 else None  # one char to test: the fast path
+        self._special_firsts = frozenset(t[0] for t in specials)
+        self._parse = None
         self._cache: dict[str, tuple[int, ...]] = {}
 
     @classmethod
@@ -137,6 +142,16 @@ class JapaneseWordPieceTokenizer:
 
     def __len__(self) -> int:
         return len(self.vocab)
+
+    def _bind_tagger(self):
+        """This process's MeCab, bound once (a tagger is per process and cannot be pickled)."""
+        self._parse = tagger().parse
+        return self._parse
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_parse"] = None
+        return state
 
     # -- the word pieces ---------------------------------------------------------------------
 
@@ -167,26 +182,29 @@ class JapaneseWordPieceTokenizer:
         text = unicodedata.normalize("NFKC", text)
         if not text:
             return
-        pieces = tagger().parse(text).split()
+        parse = self._parse or self._bind_tagger()
+        pieces = parse(text).split()
         cache = self._cache
-        for w in pieces:
-            ids = cache.get(w)
-            if ids is None:
-                key = w
-                if self.do_lower_case:
-                    w = w.lower()
-                ids = self._wordpiece(w)
-                if len(cache) >= self.cache_size:
-                    cache.clear()
-                cache[key] = ids
-            out.extend(ids)
+        try:  # the hot path: every piece already in the cache
+            ids = list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        except KeyError:
+            if len(cache) + len(pieces) > self.cache_size:
+                cache.clear()
+            for w in pieces:
+                if w not in cache:
+                    cache[w] = self._wordpiece(w.lower() if self.do_lower_case else w)
+            ids = list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        out += ids
 
     # -- public API --------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
         """The ids of ``text`` (no [CLS]/[SEP] added)."""
         out: list[int] = []
-        if self._special_re is None:
+        first = self._special_first
+        if self._special_re is None or (
+            (first not in text) if first is not None else not any(c in text for c in self._special_firsts)
+        ):
             self._chunk(text, out)
             return out
         for i, part in enumerate(self._special_re.split(text)):
