@@ -307,6 +307,46 @@ def _stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def _pool_shard(args: tuple) -> int:
+    """One shard's whole job (ranged read, parse, clean, write), as the Ray task does it."""
+    dump, head, spec, output = args
+    from electra_ray.config import CleanConfig
+    from electra_ray.data.pipeline import _shard_block, process_shard_rows
+    from electra_ray.wiki.dump import read_shard
+
+    block = _shard_block(spec.shard, read_shard(dump, head, spec))
+    process_shard_rows(
+        block, output=output, clean=CleanConfig().to_dict(), formats=("parquet",), fingerprint="bench"
+    )
+    return spec.shard
+
+
+def bench_process_pool(info: dict, output: str, shards: int = 24) -> dict:
+    """The Ray job's per-shard work on a plain multiprocessing pool of 1 and 2 processes: how well
+    the work itself scales on this machine, without Ray's services sharing the cores."""
+    from multiprocessing import get_context
+
+    from electra_ray.wiki.dump import plan_shards, read_head, read_index
+
+    index = read_index(info["index"])
+    specs = plan_shards(index, os.path.getsize(info["dump"]), 1000)[:shards]
+    head = read_head(info["dump"], index.offsets[0])
+    out = os.path.join(output, "pool-run")
+    rates = {}
+    for n in (1, 2):
+        with get_context("spawn").Pool(n) as pool:
+            pool.map(_pool_shard, [(info["dump"], head, s, out) for s in specs[:n]])  # warm the processes
+            t = time.perf_counter()
+            pool.map(_pool_shard, [(info["dump"], head, s, out) for s in specs], chunksize=1)
+            rates[n] = len(specs) / (time.perf_counter() - t)
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "pool_1proc_shards_s": rnd(rates[1]),
+        "pool_2proc_shards_s": rnd(rates[2]),
+        "pool_speedup_2v1": rnd(rates[2] / rates[1], 3),
+    }
+
+
 def run_ray_job(name: str, info: dict, cpus: int, with_index: bool, output: str) -> dict:
     """Run prepare_corpus in a subprocess with a fresh local Ray of ``cpus`` CPUs; poll RSS."""
     run_dir = os.path.join(output, "ray-runs", name)
@@ -545,6 +585,12 @@ def main() -> None:
 
     # 5./6. the Ray job
     if not a.skip_ray:
+        pool = bench_process_pool(info, output)
+        figures.update(pool)
+        log(
+            f"the same per-shard work on a process pool (no Ray): {pool['pool_1proc_shards_s']} vs "
+            f"{pool['pool_2proc_shards_s']} shards/s = {pool['pool_speedup_2v1']:.2f}x"
+        )
         runs = {}
         plan = [
             ("multistream-1cpu", info, 1, True),

@@ -198,7 +198,7 @@ def main() -> None:
             """The first n_docs documents as a corpus folder of ~16k-sentence shards."""
             corpus = os.path.join(a.output, name)
             shutil.rmtree(corpus, ignore_errors=True)
-            shard, k, start = 0, 0, 0
+            shard, start = 0, 0
             while start < n_docs:
                 end, n = start, 0
                 while end < n_docs and n < 16000:
