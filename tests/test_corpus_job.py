@@ -295,3 +295,51 @@ def test_unreachable_and_missing_bucket(s3_server, tmp_path, monkeypatch, sample
     ):
         storage.size("s3://bucket/d.xml.bz2")
     assert time.time() - t0 < 60
+
+
+def test_forbidden_bucket(tmp_path, monkeypatch):
+    """A moto server that enforces credentials (after its first request): unknown keys get 403."""
+    import socket
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "from moto.server import ThreadedMotoServer; import time; "
+        f"s = ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False); s.start(); time.sleep(120)"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "moto server did not start"
+                time.sleep(0.2)
+        creds = {
+            "aws_access_key_id": "unknown",
+            "aws_secret_access_key": "unknown",
+            "region_name": "us-east-1",
+        }
+        boto3.client("s3", endpoint_url=endpoint, **creds).create_bucket(
+            Bucket="locked"
+        )  # the one free request
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unknown")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unknown")
+        monkeypatch.setenv("ELECTRA_RAY_IO_RETRIES", "1")
+        with pytest.raises(storage.StorageError, match=r"s3://locked/dump\.xml\.bz2: access denied"):
+            storage.size("s3://locked/dump.xml.bz2")
+    finally:
+        server.kill()
+        server.wait()
