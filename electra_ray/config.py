@@ -264,3 +264,63 @@ class InstancesConfig(Config):
         }
         data["tokenizer_sha256"] = tokenizer_sha256
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(Config):
+    """Generator + discriminator dimensions and the ELECTRA objective (model/electra.py)."""
+
+    vocab_size: int = field(default=32768, metadata={"help": "vocabulary size (from the tokenizer)"})
+    pad_token_id: int = field(default=3, metadata={"help": "[PAD] id (from the tokenizer)"})
+    embedding_size: int = field(default=128, metadata={"help": "shared word/position/type embedding width"})
+    hidden_size: int = field(default=256, metadata={"help": "discriminator width"})
+    num_layers: int = field(default=12, metadata={"help": "discriminator layers"})
+    num_heads: int = field(default=4, metadata={"help": "discriminator attention heads"})
+    intermediate_size: int = field(default=1024, metadata={"help": "discriminator FFN width"})
+    gen_hidden_size: int = field(default=64, metadata={"help": "generator width"})
+    gen_num_layers: int = field(default=12, metadata={"help": "generator layers"})
+    gen_num_heads: int = field(default=1, metadata={"help": "generator attention heads"})
+    gen_intermediate_size: int = field(default=256, metadata={"help": "generator FFN width"})
+    max_position_embeddings: int = field(default=512, metadata={"help": "position table size"})
+    type_vocab_size: int = field(default=2, metadata={"help": "segment (token type) table size"})
+    dropout: float = field(default=0.1, metadata={"help": "hidden and attention dropout"})
+    layer_norm_eps: float = field(default=1e-12, metadata={"help": "LayerNorm epsilon"})
+    initializer_range: float = field(default=0.02, metadata={"help": "init std"})
+    mask_prob: float = field(default=0.15, metadata={"help": "share of (non-special) tokens masked"})
+    mask_token_prob: float = field(default=0.85, metadata={"help": "share of masked positions shown as [MASK] (the rest unchanged)"})
+    disc_weight: float = field(default=50.0, metadata={"help": "loss = generator + disc_weight × discriminator"})
+    temperature: float = field(default=1.0, metadata={"help": "Gumbel-max sampling temperature"})
+
+    def validate(self) -> None:
+        _check(self.vocab_size > 5, f"vocab_size must be > 5, got {self.vocab_size}")
+        _check(0 <= self.pad_token_id < self.vocab_size, f"pad_token_id {self.pad_token_id} is outside the vocab")
+        for d, h in ((self.hidden_size, self.num_heads), (self.gen_hidden_size, self.gen_num_heads)):
+            _check(d % h == 0, f"width {d} is not divisible by {h} attention heads")
+        _check(0 < self.mask_prob < 1, f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        _check(0 <= self.mask_token_prob <= 1, f"mask_token_prob must be in [0, 1], got {self.mask_token_prob}")
+        _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+
+    def max_predictions(self, seq_len: int) -> int:
+        """Masked slots per sequence (static shapes): round(mask_prob · L)."""
+        return max(1, int(round(self.mask_prob * seq_len)))
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # the seed model (izumi-lab ELECTRA-small, paper-size generator: 1/4 of the discriminator's width)
+    "small": {},
+    # the released variant with a same-size generator
+    "small-samegen": {"gen_hidden_size": 256, "gen_num_heads": 4, "gen_intermediate_size": 1024},
+    # ELECTRA-base (generator 1/3 wide)
+    "base": {"embedding_size": 768, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072,
+             "gen_hidden_size": 256, "gen_num_heads": 4, "gen_intermediate_size": 1024},
+    # for tests and the demo: trains on 2 CPUs in minutes
+    "tiny": {"embedding_size": 32, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
+             "gen_hidden_size": 32, "gen_num_layers": 2, "gen_num_heads": 1, "gen_intermediate_size": 64,
+             "max_position_embeddings": 128, "dropout": 0.0},
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
+    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})

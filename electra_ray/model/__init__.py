@@ -1,0 +1,1 @@
+"""ELECTRA: generator + discriminator with shared embeddings, masking, the replaced-token-detection loss."""

@@ -1,0 +1,75 @@
+"""The reference's optimizer and schedule.
+
+ELECTRA (like BERT) uses Adam *without bias correction* and decoupled weight decay added to the
+update before the learning rate multiplies it; torch's Adam/AdamW always bias-correct, so early
+steps would differ by up to 1/(1-β₂ᵗ)^½. The learning rate is warmup × linear decay:
+``lr(t) = lr · min(1, t / warmup) · max(0, 1 − t / total)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+
+class AdamNoBiasCorrection(Optimizer):
+    """m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  p ← p − lr·(m / (√v + ε) + wd·p)."""
+
+    def __init__(self, params, lr: float = 5e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+        if lr < 0 or eps <= 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
+            raise ValueError(f"invalid Adam settings lr={lr} betas={betas} eps={eps}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            ms, vs = [], []
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                ms.append(state["exp_avg"])
+                vs.append(state["exp_avg_sq"])
+            b1, b2 = group["betas"]
+            torch._foreach_lerp_(ms, grads, 1 - b1)  # m = b1·m + (1-b1)·g
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, group["eps"])
+            update = torch._foreach_div(ms, denom)
+            if group["weight_decay"]:
+                torch._foreach_add_(update, params, alpha=group["weight_decay"])
+            torch._foreach_add_(params, update, alpha=-group["lr"])
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights; none on biases and LayerNorm (shared parameters listed once)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Warmup multiplied by linear decay to 0 at ``total`` (step counts from 0 before the first update)."""
+    warm = min(1.0, step / warmup) if warmup > 0 else 1.0
+    return warm * max(0.0, 1.0 - step / total)
+
+
+def make_optimizer(model: nn.Module, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, warmup: int, total: int):
+    opt = AdamNoBiasCorrection(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+    return opt, sched
