@@ -324,3 +324,58 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in MODEL_PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
     return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Config):
+    """jobs/pretrain.py: instances → ELECTRA on Ray Train."""
+
+    data: str = field(metadata={"help": "instances folder (tokenize_corpus output; local or s3://)"})
+    tokenizer: str = field(metadata={"help": "tokenizer folder the instances were made with"})
+    storage_path: str = field(metadata={"help": "where run folders live (local or s3://bucket/prefix)"})
+    name: str = field(metadata={"help": "run name: the run folder is storage_path/name; the same name resumes"})
+    preset: str = field(default="small", metadata={"help": "model preset: small, small-samegen, base, tiny"})
+    num_workers_min: int = field(default=1, metadata={"help": "fewest training workers (elastic lower bound)"})
+    num_workers_max: int = field(default=1, metadata={"help": "most training workers"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, bf16 autocast"})
+    max_steps: int = field(default=1_000_000, metadata={"help": "optimizer steps to run"})
+    total_steps: int | None = field(default=None, metadata={"help": "steps of the lr schedule (default: max_steps)"})
+    batch_size: int = field(default=128, metadata={"help": "global batch: sequences per optimizer step, whatever the worker count"})
+    micro_batch_size: int | None = field(default=None, metadata={"help": "sequences per forward pass per worker (default: all of its share)"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=10_000, metadata={"help": "linear warmup steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "decoupled weight decay (not on bias/LayerNorm)"})
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
+    adam_eps: float = field(default=1e-6, metadata={"help": "Adam epsilon"})
+    clip_norm: float = field(default=1.0, metadata={"help": "gradient clipping (global norm)"})
+    seed: int = field(default=42, metadata={"help": "seed of the sample order, masks and initialization"})
+    checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints kept in the run folder"})
+    max_failures: int = field(default=3, metadata={"help": "worker-group restarts allowed after failures"})
+    log_every: int = field(default=100, metadata={"help": "steps between metric reports (the only host syncs)"})
+    eval_every: int = field(default=1000, metadata={"help": "steps between held-out evaluations"})
+    eval_instances: int = field(default=256, metadata={"help": "instances held out for evaluation"})
+
+    def validate(self) -> None:
+        for name in ("data", "tokenizer", "storage_path", "name"):
+            _check(bool(getattr(self, name)), f"--{name.replace('_', '-')} is required")
+        _check(self.preset in MODEL_PRESETS, f"unknown preset {self.preset!r}; choose from {sorted(MODEL_PRESETS)}")
+        _check(1 <= self.num_workers_min <= self.num_workers_max, f"--num-workers must be N or MIN:MAX with 1 <= MIN <= MAX, got {self.num_workers_min}:{self.num_workers_max}")
+        _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        for w in range(self.num_workers_min, self.num_workers_max + 1):
+            _check(
+                self.batch_size % w == 0,
+                f"--batch-size {self.batch_size} does not divide among {w} workers; choose a multiple of "
+                + ", ".join(str(x) for x in range(self.num_workers_min, self.num_workers_max + 1)),
+            )
+            if self.micro_batch_size:
+                _check((self.batch_size // w) % self.micro_batch_size == 0,
+                       f"--micro-batch-size {self.micro_batch_size} does not divide a worker's share {self.batch_size // w} (at {w} workers)")
+        for name in ("checkpoint_every", "log_every", "eval_every", "keep_checkpoints"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        _check(self.max_failures >= 0, "max_failures must be >= 0")
+
+    @property
+    def schedule_steps(self) -> int:
+        return self.total_steps or self.max_steps

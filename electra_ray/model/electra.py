@@ -64,6 +64,8 @@ class StepOutput:
     loss: torch.Tensor
     gen_loss: torch.Tensor
     disc_loss: torch.Tensor
+    gen_loss_sum: torch.Tensor
+    disc_loss_sum: torch.Tensor
     # sums and counts for metrics, kept on the device (no host sync in the step)
     gen_correct: torch.Tensor
     n_masked: torch.Tensor
@@ -114,7 +116,15 @@ class ElectraPretrainer(nn.Module):
         masks: Masks,
         mask_id: int,
         generator: torch.Generator | None = None,
+        gen_denominator: torch.Tensor | float | None = None,
+        disc_denominator: torch.Tensor | float | None = None,
     ) -> StepOutput:
+        """The ELECTRA loss of a (micro-)batch.
+
+        The losses are sums divided by ``gen_denominator`` (masked slots) and ``disc_denominator``
+        (real tokens), by default this batch's own counts. A distributed step passes the counts of
+        the *global* batch, so micro-batches and workers add up to exactly the global-batch mean.
+        """
         cfg = self.cfg
         gen_input = apply_masks(input_ids, masks, mask_id)
         hidden = self.generator.electra(
@@ -128,7 +138,8 @@ class ElectraPretrainer(nn.Module):
         valid = masks.valid
         n_masked = valid.sum()
         token_loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
-        gen_loss = (token_loss * valid).sum() / n_masked.clamp(min=1)
+        gen_loss_sum = (token_loss * valid).sum()
+        gen_loss = gen_loss_sum / (n_masked.clamp(min=1) if gen_denominator is None else gen_denominator)
 
         with torch.no_grad():
             # Gumbel-max sampling in fp32: argmax(logits / T + G), G = -log(-log U)
@@ -147,14 +158,18 @@ class ElectraPretrainer(nn.Module):
         real = attention_mask.bool()
         n_tokens = real.sum()
         bce = F.binary_cross_entropy_with_logits(disc_logits.float(), is_replaced.float(), reduction="none")
-        disc_loss = (bce * real).sum() / n_tokens.clamp(min=1)
+        disc_loss_sum = (bce * real).sum()
+        disc_loss = disc_loss_sum / (n_tokens.clamp(min=1) if disc_denominator is None else disc_denominator)
         loss = gen_loss + cfg.disc_weight * disc_loss
         with torch.no_grad():
             pred = disc_logits > 0
             disc_correct = ((pred == is_replaced) & real).sum()
             replaced = is_replaced.sum()
             replaced_found = (pred & is_replaced).sum()
-        return StepOutput(loss, gen_loss, disc_loss, gen_correct, n_masked, disc_correct, n_tokens, replaced, replaced_found)
+        return StepOutput(
+            loss, gen_loss, disc_loss, gen_loss_sum.detach(), disc_loss_sum.detach(),
+            gen_correct, n_masked, disc_correct, n_tokens, replaced, replaced_found,
+        )
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

@@ -1,0 +1,207 @@
+"""The per-worker training loop (runs inside Ray Train's TorchTrainer workers).
+
+Reads top to bottom: set up → resume → loop of (build batch → micro-steps → optimizer step) →
+every ``log_every`` steps one all-reduce of the metric sums and one ``ray.train.report`` (with a
+checkpoint every ``checkpoint_every`` steps). No host sync happens between reports.
+
+Randomness is keyed, not carried: masks come from (seed, step) over the global batch; dropout and
+Gumbel noise from (seed, step, rank, micro-step). So a resume at the same world size is exact
+without saving RNG states, and masks are the same at any world size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from electra_ray.config import ModelConfig, TrainConfig
+from electra_ray.model.electra import ElectraPretrainer, flops_per_token
+from electra_ray.model.masking import draw_masks, step_generator
+from electra_ray.train.checkpoint import check_compatible, load_model_state, load_train_state, read_meta, save_checkpoint
+from electra_ray.train.data import build_batch, global_rows
+from electra_ray.train.optim import make_optimizer
+
+# the settings a resume must share with the checkpoint it continues
+RESUME_KEYS = ("batch_size", "seed", "preset", "data")
+METRIC_NAMES = ("gen_loss_sum", "n_masked", "disc_loss_sum", "n_tokens", "gen_correct", "disc_correct", "replaced", "replaced_found")
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def _rates(t: torch.Tensor) -> dict[str, float]:
+    s = dict(zip(METRIC_NAMES, t.tolist()))
+    n_m, n_t = max(s["n_masked"], 1.0), max(s["n_tokens"], 1.0)
+    gen, disc = s["gen_loss_sum"] / n_m, s["disc_loss_sum"] / n_t
+    return {
+        "gen_loss": gen,
+        "disc_loss": disc,
+        "gen_acc": s["gen_correct"] / n_m,
+        "disc_acc": s["disc_correct"] / n_t,
+        "replaced_share": s["replaced"] / n_t,
+        "replaced_recall": s["replaced_found"] / max(s["replaced"], 1.0),
+        "tokens": s["n_tokens"],
+    }
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    # ---------------------------------------------------------------------------------- setup
+    tcfg = TrainConfig.from_dict(config["train"])
+    mcfg = ModelConfig.from_dict(config["model"])
+    special = config["special"]  # {"cls", "sep", "pad", "mask"} ids
+    seq_len = config["seq_len"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    arrays = ray.get(config["data_ref"])  # zero-copy views of the object store
+    n_train = arrays.n - tcfg.eval_instances
+    share = tcfg.batch_size // world
+    if tcfg.batch_size % world:
+        raise ValueError(f"--batch-size {tcfg.batch_size} does not divide among {world} workers")
+    micro = min(tcfg.micro_batch_size or share, share)
+    accum = share // micro
+
+    torch.manual_seed(tcfg.seed)  # same initial weights on every rank
+    model = ElectraPretrainer(mcfg)
+    opt, sched = make_optimizer(
+        model, lr=tcfg.lr, betas=tuple(tcfg.adam_betas), eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay,
+        warmup=tcfg.warmup_steps, total=tcfg.schedule_steps,
+    )
+    step = 0
+
+    # --------------------------------------------------------------------------------- resume
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            meta = read_meta(d)
+            check_compatible(meta, mcfg.to_dict(), tcfg.to_dict(), RESUME_KEYS)
+            model.load_state_dict(load_model_state(d))
+            model.tie()
+            state = load_train_state(d)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            step = state["step"]
+        if rank == 0:
+            print(f"resumed from the checkpoint of step {step} ({world} worker(s))", flush=True)
+    model.check_tying()
+    ddp_model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
+    model.check_tying()
+    use_amp = device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+
+    acc = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
+    flops_tok = flops_per_token(mcfg, seq_len)
+    t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0
+    history: list[dict[str, float]] = []
+    special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
+
+    def evaluate() -> dict[str, float]:
+        """Held-out instances (the last eval_instances rows), fixed masks; sums all-reduced."""
+        model.eval()
+        ev = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
+        rows = np.arange(n_train, arrays.n)[rank::world]
+        with torch.no_grad():
+            for k in range(0, len(rows), micro):
+                ids, types, att = (torch.from_numpy(a) for a in build_batch(arrays, rows[k : k + micro], seq_len, special["pad"]))
+                m = draw_masks(ids, att, special_ids, mask_prob=mcfg.mask_prob, mask_token_prob=mcfg.mask_token_prob,
+                               max_predictions=mcfg.max_predictions(seq_len), generator=step_generator(tcfg.seed, -1 - k))
+                g = torch.Generator(device=device)
+                g.manual_seed(_seed(tcfg.seed, 999, k))
+                with autocast():
+                    out = model(ids.to(device), types.to(device), att.to(device), m.to(device), special["mask"], generator=g)
+                ev += torch.stack([getattr(out, n).double() for n in METRIC_NAMES])
+        if world > 1:
+            dist.all_reduce(ev)  # collective: eval sums
+        model.train()
+        return {f"eval_{k}": v for k, v in _rates(ev.cpu()).items()}
+
+    # ----------------------------------------------------------------------------------- loop
+    ddp_model.train()
+    while step < tcfg.max_steps:
+        t0 = time.perf_counter()
+        rows = global_rows(step, tcfg.batch_size, n_train, tcfg.seed)
+        g_ids, g_types, g_att = (torch.from_numpy(a) for a in build_batch(arrays, rows, seq_len, special["pad"]))
+        masks = draw_masks(g_ids, g_att, special_ids, mask_prob=mcfg.mask_prob, mask_token_prob=mcfg.mask_token_prob,
+                           max_predictions=mcfg.max_predictions(seq_len), generator=step_generator(tcfg.seed, step))
+        # global-batch denominators: workers and micro-steps add up to the global mean exactly
+        gen_den = masks.valid.sum().clamp(min=1).to(device, torch.float32)
+        disc_den = g_att.sum().clamp(min=1).to(device, torch.float32)
+        lo = rank * share
+        data_wait += time.perf_counter() - t0
+        for a in range(accum):
+            r0, r1 = lo + a * micro, lo + (a + 1) * micro
+            ids, types, att = g_ids[r0:r1].to(device), g_types[r0:r1].to(device), g_att[r0:r1].to(device)
+            torch.manual_seed(_seed(tcfg.seed, step, rank, a))  # dropout
+            gumbel = torch.Generator(device=device)
+            gumbel.manual_seed(_seed(tcfg.seed, step, rank, a, 1))
+            sync = a == accum - 1 or world == 1
+            with (nullcontext() if sync or not hasattr(ddp_model, "no_sync") else ddp_model.no_sync()), autocast():
+                out = ddp_model(ids, types, att, masks.rows(r0, r1).to(device), special["mask"], generator=gumbel,
+                                gen_denominator=gen_den, disc_denominator=disc_den)
+                # DDP averages gradients over ranks: scale back to a sum, so the step's gradient is
+                # the gradient of the global-batch mean loss
+                (out.loss * world).backward()
+            acc += torch.stack([getattr(out, n).double() for n in METRIC_NAMES])
+        grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), tcfg.clip_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        steps_since += 1
+
+        # ------------------------------------------------------------ report (the only host sync)
+        want_ckpt = step % tcfg.checkpoint_every == 0 or step == tcfg.max_steps
+        if not (step % tcfg.log_every == 0 or want_ckpt or step % tcfg.eval_every == 0):
+            continue
+        if world > 1:
+            dist.all_reduce(acc)  # collective: metric sums
+        metrics = _rates(acc.cpu())  # host sync
+        acc.zero_()
+        dt = time.perf_counter() - t_last
+        tokens_s = metrics.pop("tokens") / dt
+        metrics.update(
+            step=step, loss=metrics["gen_loss"] + mcfg.disc_weight * metrics["disc_loss"], lr=sched.get_last_lr()[0],
+            grad_norm=float(grad_norm), tokens_per_s=tokens_s, steps_per_s=steps_since / dt,
+            tflops_per_s=tokens_s * flops_tok / 1e12, data_wait_share=data_wait / dt, workers=world,
+            eta_s=(tcfg.max_steps - step) / max(steps_since / dt, 1e-9),
+        )
+        if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
+            metrics.update(evaluate())
+        t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0
+        history.append(metrics)
+        if rank == 0:
+            print(
+                f"step {step:>7} | loss {metrics['loss']:.4f} (gen {metrics['gen_loss']:.3f}, disc {metrics['disc_loss']:.4f}) "
+                f"| gen acc {metrics['gen_acc']:.3f} disc acc {metrics['disc_acc']:.3f} | lr {metrics['lr']:.2e} "
+                f"| {metrics['tokens_per_s']:.0f} tok/s | wait {100 * metrics['data_wait_share']:.1f}% | eta {metrics['eta_s'] / 60:.1f} min",
+                flush=True,
+            )
+        checkpoint = None
+        if want_ckpt and rank == 0:
+            folder = tempfile.mkdtemp(prefix="electra-ckpt-")  # ASYNC upload deletes it afterwards
+            save_checkpoint(
+                folder,
+                model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                train_state={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
+                step=step, model_config=mcfg.to_dict(), train_config=tcfg.to_dict(),
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"step_{step:08d}" if want_ckpt else None,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC if checkpoint is not None else ray.train.CheckpointUploadMode.SYNC,
+        )
+    return {"step": step, "history": history, "rank": rank, "pid": os.getpid()}

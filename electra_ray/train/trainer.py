@@ -1,0 +1,126 @@
+"""The driver side of pretraining: load the instances into the object store, build the TorchTrainer.
+
+Run folder ``{storage_path}/{name}/``: ``tokenizer/`` (copied at start), ``train_config.json``, and
+the checkpoints ``step_XXXXXXXX/`` Ray Train writes (with its own bookkeeping files). Starting the
+job again with the same name resumes from the latest committed checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from electra_ray import storage
+from electra_ray.config import ModelConfig, TrainConfig, model_preset
+from electra_ray.data.tokenize import TOKENIZER_FILES, local_tokenizer
+from electra_ray.tokenization.wordpiece import JapaneseWordPieceTokenizer, read_folder_config
+
+
+def run_folder(cfg: TrainConfig) -> str:
+    return storage.join(cfg.storage_path, cfg.name)
+
+
+def model_config_for(cfg: TrainConfig, tokenizer_folder: str) -> tuple[ModelConfig, dict[str, int]]:
+    """The preset with the tokenizer's vocabulary size and special ids."""
+    read_folder_config(tokenizer_folder)
+    tok = JapaneseWordPieceTokenizer.from_pretrained(tokenizer_folder)
+    vocab_size = max(tok.vocab.values()) + 1
+    special = {}
+    for key, token in (("cls", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]"), ("mask", "[MASK]")):
+        if token not in tok.vocab:
+            raise ValueError(f"{cfg.tokenizer}/vocab.txt has no {token}")
+        special[key] = tok.vocab[token]
+    return model_preset(cfg.preset, vocab_size=vocab_size, pad_token_id=special["pad"]), special
+
+
+def check_data(cfg: TrainConfig, arrays, vocab_size: int) -> int:
+    """Instances against the tokenizer and the batch; returns the sequence length."""
+    manifest_uri = storage.join(cfg.data, "manifest.json")
+    seq_len = None
+    if storage.exists(manifest_uri):
+        m = storage.read_json(manifest_uri)
+        seq_len = m.get("config", {}).get("max_seq_length")
+        tok_sha = (m.get("tokenizer") or {}).get("sha256")
+        mine = _vocab_sha(cfg.tokenizer)
+        if tok_sha and mine and tok_sha != mine:
+            raise ValueError(
+                f"{cfg.data} was tokenized with another vocabulary (sha256 {tok_sha[:12]}…) than {cfg.tokenizer} "
+                f"({mine[:12]}…); pass the tokenizer the instances were made with"
+            )
+    max_id = int(arrays.ids.max()) if len(arrays.ids) else -1
+    if max_id >= vocab_size:
+        raise ValueError(f"{cfg.data} holds token id {max_id}, outside the tokenizer's {vocab_size}-entry vocabulary")
+    lengths = arrays.offsets[1:] - arrays.offsets[:-1]
+    seq_len = seq_len or int(lengths.max())
+    n_train = arrays.n - cfg.eval_instances
+    if n_train < cfg.batch_size:
+        raise ValueError(
+            f"{cfg.data} has {arrays.n} instances: fewer than one global batch of {cfg.batch_size} after holding out "
+            f"{cfg.eval_instances} for evaluation; lower --batch-size or --eval-instances"
+        )
+    return seq_len
+
+
+def _vocab_sha(uri: str) -> str | None:
+    import hashlib
+
+    folder = local_tokenizer(uri)
+    path = os.path.join(folder, "vocab.txt")
+    return hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) else None
+
+
+def storage_for_ray(path: str) -> dict[str, Any]:
+    """RunConfig storage arguments: a pyarrow S3 filesystem (endpoint included) for s3:// paths."""
+    if storage.is_remote(path):
+        return {"storage_path": storage.to_pyarrow_path(path), "storage_filesystem": storage.pyarrow_filesystem(path)}
+    return {"storage_path": os.path.abspath(path)}
+
+
+def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
+    """Run (or resume) a pretraining run; Ray must be initialized."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from electra_ray.train.data import load_instances
+    from electra_ray.train.loop import train_loop_per_worker
+
+    tok_folder = local_tokenizer(cfg.tokenizer)
+    mcfg, special = model_config_for(cfg, tok_folder)
+    arrays = load_instances(cfg.data)
+    seq_len = check_data(cfg, arrays, mcfg.vocab_size)
+    if seq_len > mcfg.max_position_embeddings:
+        raise ValueError(f"instances of {seq_len} tokens exceed the {cfg.preset} preset's {mcfg.max_position_embeddings} positions")
+    run = run_folder(cfg)
+    for name in TOKENIZER_FILES:
+        src = os.path.join(tok_folder, name)
+        if os.path.isfile(src):
+            storage.write_bytes(storage.join(run, "tokenizer", name), open(src, "rb").read())
+    storage.write_json(storage.join(run, "train_config.json"), {"train": cfg.to_dict(), "model": mcfg.to_dict(), "seq_len": seq_len})
+    log(f"{arrays.n} instances of ≤{seq_len} tokens ({arrays.n - cfg.eval_instances} for training); "
+        f"preset {cfg.preset}; global batch {cfg.batch_size}; run folder {run}")
+
+    data_ref = ray.put(arrays)
+    workers = cfg.num_workers_min if cfg.num_workers_min == cfg.num_workers_max else (cfg.num_workers_min, cfg.num_workers_max)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": cfg.to_dict(), "model": mcfg.to_dict(), "special": special, "seq_len": seq_len, "data_ref": data_ref},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            **storage_for_ray(cfg.storage_path),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    ret = result.return_value or {}
+    history = ret.get("history", [])
+    final = history[-1] if history else {}
+    summary = {"run": run, "step": ret.get("step"), "final": final,
+               "checkpoint": result.checkpoint.path if result.checkpoint else None}
+    storage.write_text(storage.join(run, "metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in history))
+    return summary

@@ -1,0 +1,70 @@
+"""Instances → ELECTRA (generator + discriminator) on Ray Train; checkpoints in the run folder.
+
+    python jobs/pretrain.py --data out/instances --tokenizer out/tokenizer \
+        --storage-path s3://bucket/runs --name electra-small [--preset small] [--num-workers 2:8] [--use-gpu]
+
+The run folder is STORAGE_PATH/NAME; starting the job again with the same name resumes from its
+latest committed checkpoint. --batch-size is the global batch (sequences per optimizer step),
+whatever the number of workers: each worker accumulates gradients over its share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from electra_ray import cli  # noqa: E402
+from electra_ray.config import MODEL_PRESETS, TrainConfig, help_of  # noqa: E402
+
+
+def workers(text: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition(":")
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--num-workers takes N or MIN:MAX, got {text!r}") from None
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    h = lambda name: help_of(TrainConfig, name)  # noqa: E731
+    d = TrainConfig.__dataclass_fields__
+    p.add_argument("--data", required=True, help=h("data"))
+    p.add_argument("--tokenizer", required=True, help=h("tokenizer"))
+    p.add_argument("--storage-path", required=True, help=h("storage_path"))
+    p.add_argument("--name", required=True, help=h("name"))
+    p.add_argument("--preset", default="small", choices=sorted(MODEL_PRESETS), help=h("preset"))
+    p.add_argument("--num-workers", type=workers, default=(1, 1), help="N, or MIN:MAX for an elastic run")
+    p.add_argument("--use-gpu", action="store_true", help=h("use_gpu"))
+    for flag, typ in (("max_steps", int), ("total_steps", int), ("batch_size", int), ("micro_batch_size", int), ("lr", float),
+                      ("warmup_steps", int), ("weight_decay", float), ("clip_norm", float), ("seed", int), ("checkpoint_every", int),
+                      ("keep_checkpoints", int), ("max_failures", int), ("log_every", int), ("eval_every", int), ("eval_instances", int)):
+        p.add_argument("--" + flag.replace("_", "-"), type=typ, default=d[flag].default, help=h(flag))
+    a = p.parse_args(argv)
+    kw = {k: getattr(a, k) for k in ("data", "tokenizer", "storage_path", "name", "preset", "use_gpu", "max_steps", "total_steps",
+                                    "batch_size", "micro_batch_size", "lr", "warmup_steps", "weight_decay", "clip_norm", "seed",
+                                    "checkpoint_every", "keep_checkpoints", "max_failures", "log_every", "eval_every", "eval_instances")}
+    return TrainConfig(num_workers_min=a.num_workers[0], num_workers_max=a.num_workers[1], **kw)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_args(argv)
+    print(cfg.describe(), flush=True)
+    from electra_ray.data.tokenize import check_tokenizer
+
+    check_tokenizer(cfg.tokenizer, "auto")  # fail fast, before starting Ray
+    cli.init_ray()
+    from electra_ray.train.trainer import pretrain
+
+    s = pretrain(cfg)
+    f = s["final"]
+    print(f"run {s['run']}: step {s['step']}, loss {f.get('loss', float('nan')):.4f}, generator accuracy "
+          f"{f.get('gen_acc', float('nan')):.3f}, discriminator accuracy {f.get('disc_acc', float('nan')):.3f}", flush=True)
+    return {"run": s["run"], "step": s["step"], "checkpoint": s["checkpoint"], "metrics": f}
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
