@@ -287,17 +287,25 @@ class ModelConfig(Config):
     layer_norm_eps: float = field(default=1e-12, metadata={"help": "LayerNorm epsilon"})
     initializer_range: float = field(default=0.02, metadata={"help": "init std"})
     mask_prob: float = field(default=0.15, metadata={"help": "share of (non-special) tokens masked"})
-    mask_token_prob: float = field(default=0.85, metadata={"help": "share of masked positions shown as [MASK] (the rest unchanged)"})
-    disc_weight: float = field(default=50.0, metadata={"help": "loss = generator + disc_weight × discriminator"})
+    mask_token_prob: float = field(
+        default=0.85, metadata={"help": "share of masked positions shown as [MASK] (the rest unchanged)"}
+    )
+    disc_weight: float = field(
+        default=50.0, metadata={"help": "loss = generator + disc_weight × discriminator"}
+    )
     temperature: float = field(default=1.0, metadata={"help": "Gumbel-max sampling temperature"})
 
     def validate(self) -> None:
         _check(self.vocab_size > 5, f"vocab_size must be > 5, got {self.vocab_size}")
-        _check(0 <= self.pad_token_id < self.vocab_size, f"pad_token_id {self.pad_token_id} is outside the vocab")
+        _check(
+            0 <= self.pad_token_id < self.vocab_size, f"pad_token_id {self.pad_token_id} is outside the vocab"
+        )
         for d, h in ((self.hidden_size, self.num_heads), (self.gen_hidden_size, self.gen_num_heads)):
             _check(d % h == 0, f"width {d} is not divisible by {h} attention heads")
         _check(0 < self.mask_prob < 1, f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        _check(0 <= self.mask_token_prob <= 1, f"mask_token_prob must be in [0, 1], got {self.mask_token_prob}")
+        _check(
+            0 <= self.mask_token_prob <= 1, f"mask_token_prob must be in [0, 1], got {self.mask_token_prob}"
+        )
         _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
 
     def max_predictions(self, seq_len: int) -> int:
@@ -311,12 +319,29 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # the released variant with a same-size generator
     "small-samegen": {"gen_hidden_size": 256, "gen_num_heads": 4, "gen_intermediate_size": 1024},
     # ELECTRA-base (generator 1/3 wide)
-    "base": {"embedding_size": 768, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072,
-             "gen_hidden_size": 256, "gen_num_heads": 4, "gen_intermediate_size": 1024},
+    "base": {
+        "embedding_size": 768,
+        "hidden_size": 768,
+        "num_heads": 12,
+        "intermediate_size": 3072,
+        "gen_hidden_size": 256,
+        "gen_num_heads": 4,
+        "gen_intermediate_size": 1024,
+    },
     # for tests and the demo: trains on 2 CPUs in minutes
-    "tiny": {"embedding_size": 32, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
-             "gen_hidden_size": 32, "gen_num_layers": 2, "gen_num_heads": 1, "gen_intermediate_size": 64,
-             "max_position_embeddings": 128, "dropout": 0.0},
+    "tiny": {
+        "embedding_size": 32,
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 128,
+        "gen_hidden_size": 32,
+        "gen_num_layers": 2,
+        "gen_num_heads": 1,
+        "gen_intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "dropout": 0.0,
+    },
 }
 
 
@@ -333,18 +358,31 @@ class TrainConfig(Config):
     data: str = field(metadata={"help": "instances folder (tokenize_corpus output; local or s3://)"})
     tokenizer: str = field(metadata={"help": "tokenizer folder the instances were made with"})
     storage_path: str = field(metadata={"help": "where run folders live (local or s3://bucket/prefix)"})
-    name: str = field(metadata={"help": "run name: the run folder is storage_path/name; the same name resumes"})
+    name: str = field(
+        metadata={"help": "run name: the run folder is storage_path/name; the same name resumes"}
+    )
     preset: str = field(default="small", metadata={"help": "model preset: small, small-samegen, base, tiny"})
-    num_workers_min: int = field(default=1, metadata={"help": "fewest training workers (elastic lower bound)"})
+    num_workers_min: int = field(
+        default=1, metadata={"help": "fewest training workers (elastic lower bound)"}
+    )
     num_workers_max: int = field(default=1, metadata={"help": "most training workers"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, bf16 autocast"})
     max_steps: int = field(default=1_000_000, metadata={"help": "optimizer steps to run"})
-    total_steps: int | None = field(default=None, metadata={"help": "steps of the lr schedule (default: max_steps)"})
-    batch_size: int = field(default=128, metadata={"help": "global batch: sequences per optimizer step, whatever the worker count"})
-    micro_batch_size: int | None = field(default=None, metadata={"help": "sequences per forward pass per worker (default: all of its share)"})
+    total_steps: int | None = field(
+        default=None, metadata={"help": "steps of the lr schedule (default: max_steps)"}
+    )
+    batch_size: int = field(
+        default=128,
+        metadata={"help": "global batch: sequences per optimizer step, whatever the worker count"},
+    )
+    micro_batch_size: int | None = field(
+        default=None, metadata={"help": "sequences per forward pass per worker (default: all of its share)"}
+    )
     lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=10_000, metadata={"help": "linear warmup steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "decoupled weight decay (not on bias/LayerNorm)"})
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "decoupled weight decay (not on bias/LayerNorm)"}
+    )
     adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
     adam_eps: float = field(default=1e-6, metadata={"help": "Adam epsilon"})
     clip_norm: float = field(default=1.0, metadata={"help": "gradient clipping (global norm)"})
@@ -352,15 +390,23 @@ class TrainConfig(Config):
     checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints"})
     keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints kept in the run folder"})
     max_failures: int = field(default=3, metadata={"help": "worker-group restarts allowed after failures"})
-    log_every: int = field(default=100, metadata={"help": "steps between metric reports (the only host syncs)"})
+    log_every: int = field(
+        default=100, metadata={"help": "steps between metric reports (the only host syncs)"}
+    )
     eval_every: int = field(default=1000, metadata={"help": "steps between held-out evaluations"})
     eval_instances: int = field(default=256, metadata={"help": "instances held out for evaluation"})
 
     def validate(self) -> None:
         for name in ("data", "tokenizer", "storage_path", "name"):
             _check(bool(getattr(self, name)), f"--{name.replace('_', '-')} is required")
-        _check(self.preset in MODEL_PRESETS, f"unknown preset {self.preset!r}; choose from {sorted(MODEL_PRESETS)}")
-        _check(1 <= self.num_workers_min <= self.num_workers_max, f"--num-workers must be N or MIN:MAX with 1 <= MIN <= MAX, got {self.num_workers_min}:{self.num_workers_max}")
+        _check(
+            self.preset in MODEL_PRESETS,
+            f"unknown preset {self.preset!r}; choose from {sorted(MODEL_PRESETS)}",
+        )
+        _check(
+            1 <= self.num_workers_min <= self.num_workers_max,
+            f"--num-workers must be N or MIN:MAX with 1 <= MIN <= MAX, got {self.num_workers_min}:{self.num_workers_max}",
+        )
         _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         for w in range(self.num_workers_min, self.num_workers_max + 1):
@@ -370,8 +416,10 @@ class TrainConfig(Config):
                 + ", ".join(str(x) for x in range(self.num_workers_min, self.num_workers_max + 1)),
             )
             if self.micro_batch_size:
-                _check((self.batch_size // w) % self.micro_batch_size == 0,
-                       f"--micro-batch-size {self.micro_batch_size} does not divide a worker's share {self.batch_size // w} (at {w} workers)")
+                _check(
+                    (self.batch_size // w) % self.micro_batch_size == 0,
+                    f"--micro-batch-size {self.micro_batch_size} does not divide a worker's share {self.batch_size // w} (at {w} workers)",
+                )
         for name in ("checkpoint_every", "log_every", "eval_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(self.max_failures >= 0, "max_failures must be >= 0")

@@ -59,7 +59,7 @@ from typing import Any
 
 from electra_ray import storage
 from electra_ray.config import ModelConfig
-from electra_ray.train.checkpoint import META_FILE, MODEL_FILE, FORMAT_VERSION
+from electra_ray.train.checkpoint import FORMAT_VERSION, META_FILE, MODEL_FILE
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 TOKENIZER_DIR = "tokenizer"
@@ -107,9 +107,7 @@ def _subfolders(uri: str) -> list[str]:
         if isinstance(e.__cause__, FileNotFoundError):
             return []
         raise
-    return sorted(
-        e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"
-    )
+    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
 
 
 def read_snapshot(run_uri: str) -> dict[str, Any] | None:
@@ -184,6 +182,8 @@ def find_checkpoint(run_uri: str, step: int | None = None) -> Selected:
         return sel
 
     steps = {_step_of(n): n for n in _subfolders(run_uri) if _step_of(n) is not None}
+    if not steps and not storage.exists(run_uri):
+        raise FileNotFoundError(f"{run_uri}: no such run folder")
     if step is not None:
         name = steps.get(step)
         if name is None or not _is_complete(storage.join(run_uri, name)):
@@ -197,8 +197,6 @@ def find_checkpoint(run_uri: str, step: int | None = None) -> Selected:
         name = steps[s]
         if _is_complete(storage.join(run_uri, name)):
             return Selected(storage.join(run_uri, name), name, "folders")
-    if not storage.exists(run_uri):
-        raise FileNotFoundError(f"{run_uri}: no such run folder")
     raise ExportError(
         f"{run_uri}: no checkpoints (no {SNAPSHOT_FILE} and no step_XXXXXXXX folder with a {META_FILE})"
     )
@@ -287,7 +285,9 @@ def _fit_model_max_length(path: str, max_positions: int) -> list[str]:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(tok_cfg, f, ensure_ascii=False, indent=2, sort_keys=True)
         f.write("\n")
-    return [f"tokenizer_config.json: model_max_length {cur!r} -> {max_positions} (the model's position table)"]
+    return [
+        f"tokenizer_config.json: model_max_length {cur!r} -> {max_positions} (the model's position table)"
+    ]
 
 
 def _relative_files(folder: str) -> list[str]:
@@ -312,14 +312,34 @@ def _check_replaceable(output: str, existing: list[str]) -> None:
         )
 
 
+def _existing_output(output: str) -> list[str]:
+    """Paths (relative, files and for local output also top-level entries) already under ``output``."""
+    if not storage.is_remote(output):
+        path = storage.filesystem(output)[1]
+        if not os.path.exists(path):
+            return []
+        if not os.path.isdir(path):
+            raise ExportError(f"{output}: exists and is not a folder")
+        return sorted(os.listdir(path))
+    fs, path = storage.filesystem(output)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+    try:
+        found = storage.retry(output, lambda: fs.find(path))
+    except storage.StorageError as e:
+        if not isinstance(e.__cause__, FileNotFoundError):
+            raise
+        found = []
+    prefix = path.rstrip("/") + "/"
+    return sorted(p[len(prefix) :] for p in found if p.startswith(prefix))
+
+
 def _publish_local(built: str, output: str) -> None:
     """Rename the built folder into place (replacing an earlier export)."""
     path = storage.filesystem(output)[1]
     old = None
     if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise ExportError(f"{output}: exists and is not a folder")
-        _check_replaceable(output, os.listdir(path))
+        _check_replaceable(output, _existing_output(output))
         old = f"{path}.old-{uuid.uuid4().hex[:8]}"
         os.rename(path, old)
     try:
@@ -334,17 +354,7 @@ def _publish_local(built: str, output: str) -> None:
 
 def _publish_remote(built: str, output: str) -> None:
     """Upload the built folder: the export marker goes first (removed) and last (written)."""
-    fs, path = storage.filesystem(output)
-    if hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache(path)
-    try:
-        existing = storage.retry(output, lambda: fs.find(path))
-    except storage.StorageError as e:
-        if not isinstance(e.__cause__, FileNotFoundError):
-            raise
-        existing = []
-    prefix = path.rstrip("/") + "/"
-    existing_rel = [p[len(prefix) :] for p in existing if p.startswith(prefix)]
+    existing_rel = _existing_output(output)
     _check_replaceable(output, existing_rel)
     if EXPORT_FILE in existing_rel:
         storage.remove(storage.join(output, EXPORT_FILE))
@@ -381,8 +391,11 @@ def export_run(run_uri: str, output: str, step: int | None = None, *, log=None) 
     meta = _read_meta(sel.uri)
     folder_step = _step_of(sel.dir_name)
     if folder_step is not None and meta.get("step") != folder_step:
-        raise ExportError(f"{sel.uri}/{META_FILE}: step {meta.get('step')!r}, but the folder says {folder_step}")
+        raise ExportError(
+            f"{sel.uri}/{META_FILE}: step {meta.get('step')!r}, but the folder says {folder_step}"
+        )
     cfg = ModelConfig.from_dict(meta["model"])
+    _check_replaceable(output, _existing_output(output))  # fail before the work, checked again at the end
     log(f"export: {sel.uri} (step {meta.get('step')}, chosen by {sel.how})")
 
     local_output = not storage.is_remote(output)
@@ -426,7 +439,9 @@ def export_run(run_uri: str, output: str, step: int | None = None, *, log=None) 
         model.check_tying()
         model.eval()
 
-        notes = _fit_model_max_length(os.path.join(tok_dir, "tokenizer_config.json"), cfg.max_position_embeddings)
+        notes = _fit_model_max_length(
+            os.path.join(tok_dir, "tokenizer_config.json"), cfg.max_position_embeddings
+        )
         for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
             dest = os.path.join(built, name)
             _save_pretrained(net, dest)

@@ -24,7 +24,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run", required=True, help="the run folder, STORAGE/RUN (local path or s3://)")
     p.add_argument("--output", required=True, help="folder to write the HF models to (local path or s3://)")
     p.add_argument(
-        "--step", type=int, default=None, help="export this step's checkpoint (default: the latest committed one)"
+        "--step",
+        type=int,
+        default=None,
+        help="export this step's checkpoint (default: the latest committed one)",
     )
     return p.parse_args(argv)
 

@@ -39,14 +39,51 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--preset", default="small", choices=sorted(MODEL_PRESETS), help=h("preset"))
     p.add_argument("--num-workers", type=workers, default=(1, 1), help="N, or MIN:MAX for an elastic run")
     p.add_argument("--use-gpu", action="store_true", help=h("use_gpu"))
-    for flag, typ in (("max_steps", int), ("total_steps", int), ("batch_size", int), ("micro_batch_size", int), ("lr", float),
-                      ("warmup_steps", int), ("weight_decay", float), ("clip_norm", float), ("seed", int), ("checkpoint_every", int),
-                      ("keep_checkpoints", int), ("max_failures", int), ("log_every", int), ("eval_every", int), ("eval_instances", int)):
+    for flag, typ in (
+        ("max_steps", int),
+        ("total_steps", int),
+        ("batch_size", int),
+        ("micro_batch_size", int),
+        ("lr", float),
+        ("warmup_steps", int),
+        ("weight_decay", float),
+        ("clip_norm", float),
+        ("seed", int),
+        ("checkpoint_every", int),
+        ("keep_checkpoints", int),
+        ("max_failures", int),
+        ("log_every", int),
+        ("eval_every", int),
+        ("eval_instances", int),
+    ):
         p.add_argument("--" + flag.replace("_", "-"), type=typ, default=d[flag].default, help=h(flag))
     a = p.parse_args(argv)
-    kw = {k: getattr(a, k) for k in ("data", "tokenizer", "storage_path", "name", "preset", "use_gpu", "max_steps", "total_steps",
-                                    "batch_size", "micro_batch_size", "lr", "warmup_steps", "weight_decay", "clip_norm", "seed",
-                                    "checkpoint_every", "keep_checkpoints", "max_failures", "log_every", "eval_every", "eval_instances")}
+    kw = {
+        k: getattr(a, k)
+        for k in (
+            "data",
+            "tokenizer",
+            "storage_path",
+            "name",
+            "preset",
+            "use_gpu",
+            "max_steps",
+            "total_steps",
+            "batch_size",
+            "micro_batch_size",
+            "lr",
+            "warmup_steps",
+            "weight_decay",
+            "clip_norm",
+            "seed",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "max_failures",
+            "log_every",
+            "eval_every",
+            "eval_instances",
+        )
+    }
     return TrainConfig(num_workers_min=a.num_workers[0], num_workers_max=a.num_workers[1], **kw)
 
 
@@ -61,8 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     s = pretrain(cfg)
     f = s["final"]
-    print(f"run {s['run']}: step {s['step']}, loss {f.get('loss', float('nan')):.4f}, generator accuracy "
-          f"{f.get('gen_acc', float('nan')):.3f}, discriminator accuracy {f.get('disc_acc', float('nan')):.3f}", flush=True)
+    print(
+        f"run {s['run']}: step {s['step']}, loss {f.get('loss', float('nan')):.4f}, generator accuracy "
+        f"{f.get('gen_acc', float('nan')):.3f}, discriminator accuracy {f.get('disc_acc', float('nan')):.3f}",
+        flush=True,
+    )
     return {"run": s["run"], "step": s["step"], "checkpoint": s["checkpoint"], "metrics": f}
 
 

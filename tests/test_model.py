@@ -39,13 +39,26 @@ def batch(b=8, length=32, seed=0):
 
 def masks_for(ids, att, seed=0, step=0, cfg=None):
     cfg = cfg or tiny()
-    return draw_masks(ids, att, (CLS, SEP, PAD, MASK), mask_prob=cfg.mask_prob, mask_token_prob=cfg.mask_token_prob,
-                      max_predictions=cfg.max_predictions(ids.shape[1]), generator=step_generator(seed, step))
+    return draw_masks(
+        ids,
+        att,
+        (CLS, SEP, PAD, MASK),
+        mask_prob=cfg.mask_prob,
+        mask_token_prob=cfg.mask_token_prob,
+        max_predictions=cfg.max_predictions(ids.shape[1]),
+        generator=step_generator(seed, step),
+    )
 
 
 def test_presets_match_the_seed_model():
     s = model_preset("small")
-    assert (s.hidden_size, s.num_heads, s.intermediate_size, s.num_layers, s.embedding_size) == (256, 4, 1024, 12, 128)
+    assert (s.hidden_size, s.num_heads, s.intermediate_size, s.num_layers, s.embedding_size) == (
+        256,
+        4,
+        1024,
+        12,
+        128,
+    )
     assert (s.gen_hidden_size, s.gen_num_heads, s.gen_intermediate_size, s.gen_num_layers) == (64, 1, 256, 12)
     assert model_preset("small-samegen").gen_hidden_size == 256
     assert flops_per_token(s, 128) == pytest.approx(70.4e6, rel=0.02)
@@ -66,7 +79,9 @@ def test_tied_weights_share_storage_after_construction_move_and_load():
     for a, b in zip(m.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)
     # an untied model is caught
-    fresh.generator.generator_lm_head.weight = torch.nn.Parameter(fresh.generator.generator_lm_head.weight.clone())
+    fresh.generator.generator_lm_head.weight = torch.nn.Parameter(
+        fresh.generator.generator_lm_head.weight.clone()
+    )
     with pytest.raises(RuntimeError, match="generator output layer are not shared"):
         fresh.check_tying()
 
@@ -77,7 +92,9 @@ def test_masking_invariants_and_statistics():
     m = masks_for(ids, att, cfg=cfg)
     assert m.positions.shape == (64, cfg.max_predictions(128)) == (64, 19)
     chosen = ids.gather(1, m.positions)
-    assert not torch.isin(chosen[m.valid], torch.tensor([CLS, SEP, PAD, MASK])).any(), "never specials or padding"
+    assert not torch.isin(chosen[m.valid], torch.tensor([CLS, SEP, PAD, MASK])).any(), (
+        "never specials or padding"
+    )
     n_cand = ((att == 1) & ~torch.isin(ids, torch.tensor([CLS, SEP, PAD, MASK]))).sum(1)
     assert torch.equal(m.valid.sum(1), torch.clamp(torch.round(n_cand * 0.15).long(), 1, 19))
     for row in m.positions:
@@ -85,7 +102,9 @@ def test_masking_invariants_and_statistics():
     share_shown = m.show_mask[m.valid].float().mean().item()
     assert 0.80 < share_shown < 0.90
     gen_in = apply_masks(ids, m, MASK)
-    assert torch.equal(gen_in == MASK, torch.zeros_like(ids, dtype=torch.bool).scatter(1, m.positions, m.show_mask))
+    assert torch.equal(
+        gen_in == MASK, torch.zeros_like(ids, dtype=torch.bool).scatter(1, m.positions, m.show_mask)
+    )
     # same (seed, step) → same masks; a worker's rows of the global draw are its masks
     again = masks_for(ids, att)
     assert torch.equal(again.positions, m.positions) and torch.equal(again.show_mask, m.show_mask)
@@ -101,7 +120,9 @@ def test_masked_only_head_equals_gathering_the_full_head():
     m = masks_for(ids, att)
     gen_in = apply_masks(ids, m, MASK)
     full = model.generator(input_ids=gen_in, attention_mask=att, token_type_ids=types).logits
-    hidden = model.generator.electra(input_ids=gen_in, attention_mask=att, token_type_ids=types).last_hidden_state
+    hidden = model.generator.electra(
+        input_ids=gen_in, attention_mask=att, token_type_ids=types
+    ).last_hidden_state
     slots = hidden.gather(1, m.positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
     ours = model.generator.generator_lm_head(model.generator.generator_predictions(slots))
     want = full.gather(1, m.positions.unsqueeze(-1).expand(-1, -1, full.size(-1)))
@@ -157,7 +178,9 @@ def test_schedule_and_decay_groups():
     assert lr_factor(0, 10, 100) == 0 and lr_factor(5, 10, 100) == pytest.approx(0.5 * 0.95)
     assert lr_factor(10, 10, 100) == pytest.approx(0.9) and lr_factor(100, 10, 100) == 0
     model = ElectraPretrainer(tiny())
-    opt, _ = make_optimizer(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=10, total=100)
+    opt, _ = make_optimizer(
+        model, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=10, total=100
+    )
     decay, no_decay = opt.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert all("LayerNorm" in names[id(p)] or names[id(p)].endswith("bias") for p in no_decay["params"])
@@ -169,11 +192,20 @@ def test_tiny_model_overfits_a_small_set():
     torch.manual_seed(0)
     cfg = tiny()
     model = ElectraPretrainer(cfg)
-    opt, sched = make_optimizer(model, lr=3e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, warmup=5, total=400)
+    opt, sched = make_optimizer(
+        model, lr=3e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, warmup=5, total=400
+    )
     ids, types, att = batch(b=8, length=32)
     first = last = None
     for step in range(150):
-        out = model(ids, types, att, masks_for(ids, att, step=step), MASK, generator=torch.Generator().manual_seed(step))
+        out = model(
+            ids,
+            types,
+            att,
+            masks_for(ids, att, step=step),
+            MASK,
+            generator=torch.Generator().manual_seed(step),
+        )
         opt.zero_grad()
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -10,8 +10,8 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT
+
 from electra_ray import storage
 from electra_ray.config import CorpusConfig, InstancesConfig, TokenizerConfig
 from electra_ray.data.corpus import read_corpus

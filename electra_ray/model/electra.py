@@ -133,11 +133,15 @@ class ElectraPretrainer(nn.Module):
         # generator head on the masked slots only
         idx = masks.positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
         slot_hidden = hidden.gather(1, idx)
-        logits = self.generator.generator_lm_head(self.generator.generator_predictions(slot_hidden))  # (B, M, V)
+        logits = self.generator.generator_lm_head(
+            self.generator.generator_predictions(slot_hidden)
+        )  # (B, M, V)
         labels = input_ids.gather(1, masks.positions)
         valid = masks.valid
         n_masked = valid.sum()
-        token_loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
+        token_loss = F.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), reduction="none"
+        ).view_as(labels)
         gen_loss_sum = (token_loss * valid).sum()
         gen_loss = gen_loss_sum / (n_masked.clamp(min=1) if gen_denominator is None else gen_denominator)
 
@@ -167,8 +171,17 @@ class ElectraPretrainer(nn.Module):
             replaced = is_replaced.sum()
             replaced_found = (pred & is_replaced).sum()
         return StepOutput(
-            loss, gen_loss, disc_loss, gen_loss_sum.detach(), disc_loss_sum.detach(),
-            gen_correct, n_masked, disc_correct, n_tokens, replaced, replaced_found,
+            loss,
+            gen_loss,
+            disc_loss,
+            gen_loss_sum.detach(),
+            disc_loss_sum.detach(),
+            gen_correct,
+            n_masked,
+            disc_correct,
+            n_tokens,
+            replaced,
+            replaced_found,
         )
 
 
@@ -183,7 +196,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
     gen = encoder(cfg.gen_hidden_size, cfg.gen_num_layers, cfg.gen_intermediate_size)
     gen += 6 * cfg.embedding_size * cfg.gen_hidden_size  # embedding projection
-    head = 6 * (cfg.gen_hidden_size * cfg.embedding_size + cfg.embedding_size * cfg.vocab_size) * cfg.mask_prob
+    head = (
+        6 * (cfg.gen_hidden_size * cfg.embedding_size + cfg.embedding_size * cfg.vocab_size) * cfg.mask_prob
+    )
     disc = encoder(cfg.hidden_size, cfg.num_layers, cfg.intermediate_size)
     disc += 6 * (cfg.embedding_size * cfg.hidden_size + cfg.hidden_size * cfg.hidden_size + cfg.hidden_size)
     return gen + head + disc

@@ -67,7 +67,9 @@ def read_meta(folder: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         meta = json.load(f)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointMismatch(f"{folder}: checkpoint format {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
+        raise CheckpointMismatch(
+            f"{folder}: checkpoint format {meta.get('format_version')}, this code reads {FORMAT_VERSION}"
+        )
     return meta
 
 
@@ -79,11 +81,22 @@ def load_train_state(folder: str) -> dict[str, Any]:
     return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
 
 
-def check_compatible(meta: dict[str, Any], model_config: dict[str, Any], train_config: dict[str, Any], keys: tuple[str, ...]) -> None:
+def check_compatible(
+    meta: dict[str, Any], model_config: dict[str, Any], train_config: dict[str, Any], keys: tuple[str, ...]
+) -> None:
     """Refuse to resume across a different model or a different global batch/sequence length/seed."""
-    diffs = [f"model.{k}: checkpoint {v!r}, run {model_config.get(k)!r}" for k, v in meta["model"].items() if model_config.get(k) != v]
-    diffs += [f"{k}: checkpoint {meta['train'].get(k)!r}, run {train_config.get(k)!r}" for k in keys if meta["train"].get(k) != train_config.get(k)]
+    diffs = [
+        f"model.{k}: checkpoint {v!r}, run {model_config.get(k)!r}"
+        for k, v in meta["model"].items()
+        if model_config.get(k) != v
+    ]
+    diffs += [
+        f"{k}: checkpoint {meta['train'].get(k)!r}, run {train_config.get(k)!r}"
+        for k in keys
+        if meta["train"].get(k) != train_config.get(k)
+    ]
     if diffs:
         raise CheckpointMismatch(
-            "the run folder holds checkpoints of a different run; use another --name, or the same settings:\n  " + "\n  ".join(diffs)
+            "the run folder holds checkpoints of a different run; use another --name, or the same settings:\n  "
+            + "\n  ".join(diffs)
         )

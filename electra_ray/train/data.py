@@ -37,7 +37,9 @@ class InstanceArrays:
 def load_instances(folder: str) -> InstanceArrays:
     files = storage.list_files(folder, ".parquet")
     if not files:
-        raise FileNotFoundError(f"{folder}: no instance shards (part-*.parquet); run jobs/tokenize_corpus.py first")
+        raise FileNotFoundError(
+            f"{folder}: no instance shards (part-*.parquet); run jobs/tokenize_corpus.py first"
+        )
     ids_parts, lengths, b_starts = [], [], []
     for f in files:
         t = pq.read_table(pa.BufferReader(storage.read_bytes(f)))
@@ -78,7 +80,9 @@ def global_rows(step: int, batch_size: int, n_train: int, seed: int) -> np.ndarr
     return epoch_order(n_train, seed, epoch)[k * batch_size : (k + 1) * batch_size]
 
 
-def build_batch(arr: InstanceArrays, rows: np.ndarray, seq_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def build_batch(
+    arr: InstanceArrays, rows: np.ndarray, seq_len: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Padded (input_ids, token_type_ids, attention_mask) int64 arrays of shape (len(rows), seq_len)."""
     b = len(rows)
     ids = np.full((b, seq_len), pad_id, dtype=np.int64)

@@ -5,8 +5,10 @@ every ``log_every`` steps one all-reduce of the metric sums and one ``ray.train.
 checkpoint every ``checkpoint_every`` steps). No host sync happens between reports.
 
 Randomness is keyed, not carried: masks come from (seed, step) over the global batch; dropout and
-Gumbel noise from (seed, step, rank, micro-step). So a resume at the same world size is exact
-without saving RNG states, and masks are the same at any world size.
+Gumbel noise from (seed, step, global micro-batch index), where the index is the micro-batch's
+first global row divided by the micro-batch size. So a resume is exact without saving RNG states,
+masks are the same at any world size, and with a fixed ``--micro-batch-size`` so is all the rest:
+only the order of floating-point reductions then differs between world sizes.
 """
 
 from __future__ import annotations
@@ -24,13 +26,28 @@ import torch.distributed as dist
 from electra_ray.config import ModelConfig, TrainConfig
 from electra_ray.model.electra import ElectraPretrainer, flops_per_token
 from electra_ray.model.masking import draw_masks, step_generator
-from electra_ray.train.checkpoint import check_compatible, load_model_state, load_train_state, read_meta, save_checkpoint
+from electra_ray.train.checkpoint import (
+    check_compatible,
+    load_model_state,
+    load_train_state,
+    read_meta,
+    save_checkpoint,
+)
 from electra_ray.train.data import build_batch, global_rows
 from electra_ray.train.optim import make_optimizer
 
 # the settings a resume must share with the checkpoint it continues
 RESUME_KEYS = ("batch_size", "seed", "preset", "data")
-METRIC_NAMES = ("gen_loss_sum", "n_masked", "disc_loss_sum", "n_tokens", "gen_correct", "disc_correct", "replaced", "replaced_found")
+METRIC_NAMES = (
+    "gen_loss_sum",
+    "n_masked",
+    "disc_loss_sum",
+    "n_tokens",
+    "gen_correct",
+    "disc_correct",
+    "replaced",
+    "replaced_found",
+)
 
 
 def _seed(*parts: int) -> int:
@@ -76,8 +93,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(tcfg.seed)  # same initial weights on every rank
     model = ElectraPretrainer(mcfg)
     opt, sched = make_optimizer(
-        model, lr=tcfg.lr, betas=tuple(tcfg.adam_betas), eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay,
-        warmup=tcfg.warmup_steps, total=tcfg.schedule_steps,
+        model,
+        lr=tcfg.lr,
+        betas=tuple(tcfg.adam_betas),
+        eps=tcfg.adam_eps,
+        weight_decay=tcfg.weight_decay,
+        warmup=tcfg.warmup_steps,
+        total=tcfg.schedule_steps,
     )
     step = 0
 
@@ -114,13 +136,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         rows = np.arange(n_train, arrays.n)[rank::world]
         with torch.no_grad():
             for k in range(0, len(rows), micro):
-                ids, types, att = (torch.from_numpy(a) for a in build_batch(arrays, rows[k : k + micro], seq_len, special["pad"]))
-                m = draw_masks(ids, att, special_ids, mask_prob=mcfg.mask_prob, mask_token_prob=mcfg.mask_token_prob,
-                               max_predictions=mcfg.max_predictions(seq_len), generator=step_generator(tcfg.seed, -1 - k))
+                ids, types, att = (
+                    torch.from_numpy(a)
+                    for a in build_batch(arrays, rows[k : k + micro], seq_len, special["pad"])
+                )
+                m = draw_masks(
+                    ids,
+                    att,
+                    special_ids,
+                    mask_prob=mcfg.mask_prob,
+                    mask_token_prob=mcfg.mask_token_prob,
+                    max_predictions=mcfg.max_predictions(seq_len),
+                    generator=step_generator(tcfg.seed, -1 - k),
+                )
                 g = torch.Generator(device=device)
                 g.manual_seed(_seed(tcfg.seed, 999, k))
                 with autocast():
-                    out = model(ids.to(device), types.to(device), att.to(device), m.to(device), special["mask"], generator=g)
+                    out = model(
+                        ids.to(device),
+                        types.to(device),
+                        att.to(device),
+                        m.to(device),
+                        special["mask"],
+                        generator=g,
+                    )
                 ev += torch.stack([getattr(out, n).double() for n in METRIC_NAMES])
         if world > 1:
             dist.all_reduce(ev)  # collective: eval sums
@@ -132,9 +171,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     while step < tcfg.max_steps:
         t0 = time.perf_counter()
         rows = global_rows(step, tcfg.batch_size, n_train, tcfg.seed)
-        g_ids, g_types, g_att = (torch.from_numpy(a) for a in build_batch(arrays, rows, seq_len, special["pad"]))
-        masks = draw_masks(g_ids, g_att, special_ids, mask_prob=mcfg.mask_prob, mask_token_prob=mcfg.mask_token_prob,
-                           max_predictions=mcfg.max_predictions(seq_len), generator=step_generator(tcfg.seed, step))
+        g_ids, g_types, g_att = (
+            torch.from_numpy(a) for a in build_batch(arrays, rows, seq_len, special["pad"])
+        )
+        masks = draw_masks(
+            g_ids,
+            g_att,
+            special_ids,
+            mask_prob=mcfg.mask_prob,
+            mask_token_prob=mcfg.mask_token_prob,
+            max_predictions=mcfg.max_predictions(seq_len),
+            generator=step_generator(tcfg.seed, step),
+        )
         # global-batch denominators: workers and micro-steps add up to the global mean exactly
         gen_den = masks.valid.sum().clamp(min=1).to(device, torch.float32)
         disc_den = g_att.sum().clamp(min=1).to(device, torch.float32)
@@ -143,13 +191,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         for a in range(accum):
             r0, r1 = lo + a * micro, lo + (a + 1) * micro
             ids, types, att = g_ids[r0:r1].to(device), g_types[r0:r1].to(device), g_att[r0:r1].to(device)
-            torch.manual_seed(_seed(tcfg.seed, step, rank, a))  # dropout
+            chunk = (
+                r0 // micro
+            )  # global micro-batch index: the same rows get the same noise at any world size
+            torch.manual_seed(_seed(tcfg.seed, step, chunk))  # dropout
             gumbel = torch.Generator(device=device)
-            gumbel.manual_seed(_seed(tcfg.seed, step, rank, a, 1))
+            gumbel.manual_seed(_seed(tcfg.seed, step, chunk, 1))
             sync = a == accum - 1 or world == 1
-            with (nullcontext() if sync or not hasattr(ddp_model, "no_sync") else ddp_model.no_sync()), autocast():
-                out = ddp_model(ids, types, att, masks.rows(r0, r1).to(device), special["mask"], generator=gumbel,
-                                gen_denominator=gen_den, disc_denominator=disc_den)
+            with (
+                nullcontext() if sync or not hasattr(ddp_model, "no_sync") else ddp_model.no_sync(),
+                autocast(),
+            ):
+                out = ddp_model(
+                    ids,
+                    types,
+                    att,
+                    masks.rows(r0, r1).to(device),
+                    special["mask"],
+                    generator=gumbel,
+                    gen_denominator=gen_den,
+                    disc_denominator=disc_den,
+                )
                 # DDP averages gradients over ranks: scale back to a sum, so the step's gradient is
                 # the gradient of the global-batch mean loss
                 (out.loss * world).backward()
@@ -172,9 +234,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         dt = time.perf_counter() - t_last
         tokens_s = metrics.pop("tokens") / dt
         metrics.update(
-            step=step, loss=metrics["gen_loss"] + mcfg.disc_weight * metrics["disc_loss"], lr=sched.get_last_lr()[0],
-            grad_norm=float(grad_norm), tokens_per_s=tokens_s, steps_per_s=steps_since / dt,
-            tflops_per_s=tokens_s * flops_tok / 1e12, data_wait_share=data_wait / dt, workers=world,
+            step=step,
+            loss=metrics["gen_loss"] + mcfg.disc_weight * metrics["disc_loss"],
+            lr=sched.get_last_lr()[0],
+            grad_norm=float(grad_norm),
+            tokens_per_s=tokens_s,
+            steps_per_s=steps_since / dt,
+            tflops_per_s=tokens_s * flops_tok / 1e12,
+            data_wait_share=data_wait / dt,
+            workers=world,
             eta_s=(tcfg.max_steps - step) / max(steps_since / dt, 1e-9),
         )
         if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
@@ -195,13 +263,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 folder,
                 model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
                 train_state={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
-                step=step, model_config=mcfg.to_dict(), train_config=tcfg.to_dict(),
+                step=step,
+                model_config=mcfg.to_dict(),
+                train_config=tcfg.to_dict(),
             )
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(
             metrics,
             checkpoint=checkpoint,
             checkpoint_dir_name=f"step_{step:08d}" if want_ckpt else None,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC if checkpoint is not None else ray.train.CheckpointUploadMode.SYNC,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC
+            if checkpoint is not None
+            else ray.train.CheckpointUploadMode.SYNC,
         )
     return {"step": step, "history": history, "rank": rank, "pid": os.getpid()}

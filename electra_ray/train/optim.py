@@ -16,7 +16,14 @@ from torch.optim import Optimizer
 class AdamNoBiasCorrection(Optimizer):
     """m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  p ← p − lr·(m / (√v + ε) + wd·p)."""
 
-    def __init__(self, params, lr: float = 5e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 5e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ):
         if lr < 0 or eps <= 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
             raise ValueError(f"invalid Adam settings lr={lr} betas={betas} eps={eps}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
@@ -59,7 +66,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(
+            p
+        )
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -69,7 +78,16 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return warm * max(0.0, 1.0 - step / total)
 
 
-def make_optimizer(model: nn.Module, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, warmup: int, total: int):
+def make_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    warmup: int,
+    total: int,
+):
     opt = AdamNoBiasCorrection(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
     return opt, sched

@@ -50,7 +50,9 @@ def check_data(cfg: TrainConfig, arrays, vocab_size: int) -> int:
             )
     max_id = int(arrays.ids.max()) if len(arrays.ids) else -1
     if max_id >= vocab_size:
-        raise ValueError(f"{cfg.data} holds token id {max_id}, outside the tokenizer's {vocab_size}-entry vocabulary")
+        raise ValueError(
+            f"{cfg.data} holds token id {max_id}, outside the tokenizer's {vocab_size}-entry vocabulary"
+        )
     lengths = arrays.offsets[1:] - arrays.offsets[:-1]
     seq_len = seq_len or int(lengths.max())
     n_train = arrays.n - cfg.eval_instances
@@ -73,7 +75,10 @@ def _vocab_sha(uri: str) -> str | None:
 def storage_for_ray(path: str) -> dict[str, Any]:
     """RunConfig storage arguments: a pyarrow S3 filesystem (endpoint included) for s3:// paths."""
     if storage.is_remote(path):
-        return {"storage_path": storage.to_pyarrow_path(path), "storage_filesystem": storage.pyarrow_filesystem(path)}
+        return {
+            "storage_path": storage.to_pyarrow_path(path),
+            "storage_filesystem": storage.pyarrow_filesystem(path),
+        }
     return {"storage_path": os.path.abspath(path)}
 
 
@@ -91,21 +96,38 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     arrays = load_instances(cfg.data)
     seq_len = check_data(cfg, arrays, mcfg.vocab_size)
     if seq_len > mcfg.max_position_embeddings:
-        raise ValueError(f"instances of {seq_len} tokens exceed the {cfg.preset} preset's {mcfg.max_position_embeddings} positions")
+        raise ValueError(
+            f"instances of {seq_len} tokens exceed the {cfg.preset} preset's {mcfg.max_position_embeddings} positions"
+        )
     run = run_folder(cfg)
     for name in TOKENIZER_FILES:
         src = os.path.join(tok_folder, name)
         if os.path.isfile(src):
             storage.write_bytes(storage.join(run, "tokenizer", name), open(src, "rb").read())
-    storage.write_json(storage.join(run, "train_config.json"), {"train": cfg.to_dict(), "model": mcfg.to_dict(), "seq_len": seq_len})
-    log(f"{arrays.n} instances of ≤{seq_len} tokens ({arrays.n - cfg.eval_instances} for training); "
-        f"preset {cfg.preset}; global batch {cfg.batch_size}; run folder {run}")
+    storage.write_json(
+        storage.join(run, "train_config.json"),
+        {"train": cfg.to_dict(), "model": mcfg.to_dict(), "seq_len": seq_len},
+    )
+    log(
+        f"{arrays.n} instances of ≤{seq_len} tokens ({arrays.n - cfg.eval_instances} for training); "
+        f"preset {cfg.preset}; global batch {cfg.batch_size}; run folder {run}"
+    )
 
     data_ref = ray.put(arrays)
-    workers = cfg.num_workers_min if cfg.num_workers_min == cfg.num_workers_max else (cfg.num_workers_min, cfg.num_workers_max)
+    workers = (
+        cfg.num_workers_min
+        if cfg.num_workers_min == cfg.num_workers_max
+        else (cfg.num_workers_min, cfg.num_workers_max)
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.to_dict(), "model": mcfg.to_dict(), "special": special, "seq_len": seq_len, "data_ref": data_ref},
+        train_loop_config={
+            "train": cfg.to_dict(),
+            "model": mcfg.to_dict(),
+            "special": special,
+            "seq_len": seq_len,
+            "data_ref": data_ref,
+        },
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu),
         run_config=ray.train.RunConfig(
             name=cfg.name,
@@ -120,7 +142,23 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     ret = result.return_value or {}
     history = ret.get("history", [])
     final = history[-1] if history else {}
-    summary = {"run": run, "step": ret.get("step"), "final": final,
-               "checkpoint": result.checkpoint.path if result.checkpoint else None}
-    storage.write_text(storage.join(run, "metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in history))
+    summary = {
+        "run": run,
+        "step": ret.get("step"),
+        "final": final,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+    }
+    # metrics.jsonl: this launch's reports after those of earlier launches (a resume appends)
+    path = storage.join(run, "metrics.jsonl")
+    first = history[0]["step"] if history else None
+    earlier = []
+    if storage.exists(path):
+        earlier = [
+            ln
+            for ln in storage.read_text(path).splitlines()
+            if ln and (first is None or json.loads(ln)["step"] < first)
+        ]
+    storage.write_text(
+        path, "".join(ln + "\n" for ln in earlier) + "".join(json.dumps(h) + "\n" for h in history)
+    )
     return summary

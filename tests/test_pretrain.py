@@ -1,0 +1,177 @@
+"""Pretraining on Ray Train, end to end on the sample (tiny preset, local Ray, local and S3 storage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+from electra_ray import storage
+from electra_ray.config import ConfigError, CorpusConfig, InstancesConfig, TokenizerConfig, TrainConfig
+from electra_ray.data.pipeline import prepare_corpus
+from electra_ray.data.tokenize import tokenize_corpus
+from electra_ray.data.vocab import train_tokenizer
+from electra_ray.train.checkpoint import load_model_state
+from electra_ray.train.trainer import pretrain
+
+quiet = {"log": lambda *_: None}
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_local, sample_dump, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pre")
+    corpus, tok, inst = str(root / "corpus"), str(root / "tok"), str(root / "inst")
+    prepare_corpus(
+        CorpusConfig(
+            dump=sample_dump["multistream"], index=sample_dump["index"], output=corpus, pages_per_shard=15
+        ),
+        **quiet,
+    )
+    train_tokenizer(
+        TokenizerConfig(corpus=corpus, output=tok, vocab_size=2000, limit_alphabet=700, heldout_fraction=0.0),
+        **quiet,
+    )
+    tokenize_corpus(InstancesConfig(corpus=corpus, tokenizer=tok, output=inst, max_seq_length=64), **quiet)
+    return {"data": inst, "tokenizer": tok}
+
+
+def cfg(prepared, storage_path, name, **kw):
+    base = dict(
+        preset="tiny",
+        max_steps=6,
+        total_steps=12,
+        batch_size=16,
+        micro_batch_size=8,
+        lr=2e-3,
+        warmup_steps=2,
+        checkpoint_every=3,
+        log_every=3,
+        eval_every=6,
+        eval_instances=16,
+        seed=3,
+    )
+    base.update(kw)
+    return TrainConfig(
+        data=prepared["data"], tokenizer=prepared["tokenizer"], storage_path=storage_path, name=name, **base
+    )
+
+
+def params(run: str, step: int) -> dict[str, torch.Tensor]:
+    return load_model_state(os.path.join(run, f"step_{step:08d}"))
+
+
+def test_resume_is_exact_and_two_workers_match_one(prepared, tmp_path):
+    runs = str(tmp_path)
+    straight = pretrain(cfg(prepared, runs, "straight"), **quiet)
+    assert straight["step"] == 6
+    # the same run in two launches: 3 steps, then resume to 6
+    pretrain(cfg(prepared, runs, "resumed", max_steps=3), **quiet)
+    again = pretrain(cfg(prepared, runs, "resumed"), **quiet)
+    assert again["step"] == 6
+    a, b = params(straight["run"], 6), params(again["run"], 6)
+    assert all(torch.equal(a[k], b[k]) for k in a), (
+        "resume reproduces the uninterrupted run bit for bit (CPU)"
+    )
+    steps = [json.loads(ln)["step"] for ln in open(os.path.join(again["run"], "metrics.jsonl"))]
+    assert steps == [3, 6]
+    # two workers, same global batch and micro-batch: same update up to reduction order
+    two = pretrain(cfg(prepared, runs, "two", num_workers_min=2, num_workers_max=2), **quiet)
+    c = params(two["run"], 6)
+    worst = max((a[k] - c[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
+    assert two["final"]["gen_loss"] == pytest.approx(straight["final"]["gen_loss"], rel=1e-4)
+
+
+def test_tiny_model_learns(prepared, tmp_path):
+    s = pretrain(
+        cfg(
+            prepared,
+            str(tmp_path),
+            "learn",
+            max_steps=60,
+            total_steps=60,
+            checkpoint_every=60,
+            log_every=20,
+            eval_every=60,
+        ),
+        **quiet,
+    )
+    hist = [json.loads(ln) for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
+    assert hist[-1]["gen_loss"] < hist[0]["gen_loss"] - 0.5
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    f = s["final"]
+    assert f["eval_gen_acc"] > 1 / 2000 * 10, "generator far above chance on held-out instances"
+
+
+def test_s3_run_folder(prepared, bucket):
+    s = pretrain(cfg(prepared, f"{bucket}/runs", "s3run", max_steps=3), **quiet)
+    assert s["step"] == 3
+    names = {storage.basename(u) for u in storage.list_files(f"{bucket}/runs/s3run/step_00000003")}
+    assert {"model.pt", "train_state.pt", "meta.json"} <= names
+    assert storage.exists(f"{bucket}/runs/s3run/tokenizer/vocab.txt")
+
+
+def test_resume_with_other_settings_refuses(prepared, tmp_path):
+    pretrain(cfg(prepared, str(tmp_path), "r", max_steps=3), **quiet)
+    with pytest.raises(Exception, match="batch_size: checkpoint 16, run 32"):
+        pretrain(cfg(prepared, str(tmp_path), "r", batch_size=32), **quiet)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="does not divide among 3 workers"):
+        TrainConfig(
+            data="d",
+            tokenizer="t",
+            storage_path="s",
+            name="n",
+            batch_size=16,
+            num_workers_min=2,
+            num_workers_max=3,
+        )
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        TrainConfig(data="d", tokenizer="t", storage_path="s", name="n", preset="huge")
+
+
+def _job(*args):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "jobs", "pretrain.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_cli_errors(prepared, tmp_path):
+    other = tmp_path / "other_tok"
+    other.mkdir()
+    for name in os.listdir(prepared["tokenizer"]):
+        data = open(os.path.join(prepared["tokenizer"], name), "rb").read()
+        if name == "vocab.txt":
+            data = data.replace(b"\n", b"\n", 1) + b"extra1\nextra2\n"
+        (other / name).write_bytes(data)
+    base = ["--storage-path", str(tmp_path / "runs"), "--name", "x", "--preset", "tiny"]
+    r = _job("--data", prepared["data"], "--tokenizer", str(other), *base)
+    assert r.returncode == 2 and "another vocabulary" in r.stderr, r.stderr[-2000:]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _job("--data", str(empty), "--tokenizer", prepared["tokenizer"], *base)
+    assert r.returncode == 2 and "no instance shards" in r.stderr, r.stderr[-2000:]
+    r = _job(
+        "--data",
+        prepared["data"],
+        "--tokenizer",
+        prepared["tokenizer"],
+        *base,
+        "--num-workers",
+        "3",
+        "--batch-size",
+        "16",
+    )
+    assert r.returncode == 2 and "does not divide among 3 workers" in r.stderr, r.stderr[-2000:]
