@@ -1,7 +1,7 @@
 """The whole pipeline, small, on the bundled sample dump, on this machine (`make demo`).
 
-Today: corpus (dump → clean sentences) → vocabulary (MeCab + WordPiece) → pretraining instances.
-Later stages (pretraining, export) append themselves here.
+corpus (dump → clean sentences) → vocabulary (MeCab + WordPiece) → pretraining instances →
+a `tiny` ELECTRA pretrained on 2 Ray Train workers → Hugging Face export → what the model says.
 """
 
 from __future__ import annotations
@@ -108,7 +108,52 @@ def main() -> None:
         f"\ninstances: {os.path.relpath(instances, ROOT)}/ ({inst['instances']} instances of ≤128 tokens, "
         f"{inst['tokens']} tokens)"
     )
-    print("\ndone. Pretraining and export arrive with their issues.")
+
+    runs = os.path.join(OUT, "runs")
+    pre = run_job(
+        "pretrain.py",
+        "--data", instances,
+        "--tokenizer", tokenizer,
+        "--storage-path", runs,
+        "--name", "demo-tiny",
+        "--preset", "tiny",
+        "--num-workers", "2",
+        "--max-steps", "300",
+        "--batch-size", "16",
+        "--lr", "2e-3",
+        "--warmup-steps", "30",
+        "--checkpoint-every", "100",
+        "--log-every", "50",
+        "--eval-every", "100",
+        "--eval-instances", "16",
+    )
+    hf_out = os.path.join(OUT, "hf")
+    run_job("export.py", "--run", pre["run"], "--output", hf_out)
+    show_model(hf_out)
+    print(f"\ndone: corpus, tokenizer, instances, run and Hugging Face folders are under {os.path.relpath(OUT, ROOT)}/")
+
+
+def show_model(hf_out: str) -> None:
+    """Fill-mask from the generator; per-token 'replaced' scores from the discriminator."""
+    import torch
+    from transformers import AutoModelForPreTraining, AutoTokenizer, pipeline
+
+    gen = os.path.join(hf_out, "generator")
+    disc = os.path.join(hf_out, "discriminator")
+    fill = pipeline("fill-mask", model=gen, tokenizer=gen)
+    text = "柚木川は東京湾に注ぐ[MASK]である。"
+    print(f"\nfill-mask ({os.path.relpath(gen, ROOT)}): {text}")
+    for p in fill(text, top_k=5):
+        print(f"  {p['token_str']:<8} {p['score']:.3f}")
+    tok = AutoTokenizer.from_pretrained(disc)
+    model = AutoModelForPreTraining.from_pretrained(disc).eval()
+    swapped = "柚木川は東京湾に注ぐ二級博物館である。"
+    enc = tok(swapped, return_tensors="pt")
+    with torch.no_grad():
+        scores = torch.sigmoid(model(**enc).logits[0])
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"][0])
+    print(f"\ndiscriminator ({os.path.relpath(disc, ROOT)}): P(replaced) per token of {swapped!r}")
+    print("  " + "  ".join(f"{t}:{s:.2f}" for t, s in zip(tokens, scores.tolist())))
 
 
 if __name__ == "__main__":
