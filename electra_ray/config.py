@@ -367,6 +367,9 @@ class TrainConfig(Config):
     )
     num_workers_max: int = field(default=1, metadata={"help": "most training workers"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, bf16 autocast"})
+    cpus_per_worker: int = field(
+        default=1, metadata={"help": "CPUs reserved per worker (= torch threads on CPU)"}
+    )
     max_steps: int = field(default=1_000_000, metadata={"help": "optimizer steps to run"})
     total_steps: int | None = field(
         default=None, metadata={"help": "steps of the lr schedule (default: max_steps)"}
@@ -408,6 +411,7 @@ class TrainConfig(Config):
             f"--num-workers must be N or MIN:MAX with 1 <= MIN <= MAX, got {self.num_workers_min}:{self.num_workers_max}",
         )
         _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        _check(self.cpus_per_worker >= 1, f"cpus_per_worker must be >= 1, got {self.cpus_per_worker}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         for w in range(self.num_workers_min, self.num_workers_max + 1):
             _check(

@@ -90,6 +90,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     micro = min(tcfg.micro_batch_size or share, share)
     accum = share // micro
 
+    if device.type == "cpu":
+        torch.set_num_threads(tcfg.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1 unless told otherwise
     torch.manual_seed(tcfg.seed)  # same initial weights on every rank
     model = ElectraPretrainer(mcfg)
     opt, sched = make_optimizer(

@@ -128,7 +128,11 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
             "seq_len": seq_len,
             "data_ref": data_ref,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
         run_config=ray.train.RunConfig(
             name=cfg.name,
             **storage_for_ray(cfg.storage_path),
