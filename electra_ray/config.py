@@ -355,8 +355,15 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
 class TrainConfig(Config):
     """jobs/pretrain.py: instances → ELECTRA on Ray Train."""
 
-    data: str = field(metadata={"help": "instances folder (tokenize_corpus output; local or s3://)"})
+    data: str | None = field(
+        default=None, metadata={"help": "instances folder (tokenize_corpus output; local or s3://)"}
+    )
     tokenizer: str = field(metadata={"help": "tokenizer folder the instances were made with"})
+    corpus: str | None = field(
+        default=None,
+        metadata={"help": "instead of --data: a corpus folder, tokenized on the fly into the object store"},
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "with --corpus: tokens per instance"})
     storage_path: str = field(metadata={"help": "where run folders live (local or s3://bucket/prefix)"})
     name: str = field(
         metadata={"help": "run name: the run folder is storage_path/name; the same name resumes"}
@@ -400,8 +407,12 @@ class TrainConfig(Config):
     eval_instances: int = field(default=256, metadata={"help": "instances held out for evaluation"})
 
     def validate(self) -> None:
-        for name in ("data", "tokenizer", "storage_path", "name"):
+        for name in ("tokenizer", "storage_path", "name"):
             _check(bool(getattr(self, name)), f"--{name.replace('_', '-')} is required")
+        _check(
+            bool(self.data) != bool(self.corpus),
+            "give either --data (instances) or --corpus (tokenized on the fly), not both",
+        )
         _check(
             self.preset in MODEL_PRESETS,
             f"unknown preset {self.preset!r}; choose from {sorted(MODEL_PRESETS)}",

@@ -32,7 +32,9 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     h = lambda name: help_of(TrainConfig, name)  # noqa: E731
     d = TrainConfig.__dataclass_fields__
-    p.add_argument("--data", required=True, help=h("data"))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help=h("data"))
+    src.add_argument("--corpus", help=h("corpus"))
     p.add_argument("--tokenizer", required=True, help=h("tokenizer"))
     p.add_argument("--storage-path", required=True, help=h("storage_path"))
     p.add_argument("--name", required=True, help=h("name"))
@@ -53,6 +55,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         ("keep_checkpoints", int),
         ("max_failures", int),
         ("cpus_per_worker", int),
+        ("max_seq_length", int),
         ("log_every", int),
         ("eval_every", int),
         ("eval_instances", int),
@@ -81,6 +84,8 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "keep_checkpoints",
             "max_failures",
             "cpus_per_worker",
+            "max_seq_length",
+            "corpus",
             "log_every",
             "eval_every",
             "eval_instances",

@@ -37,7 +37,7 @@ def prepared(ray_local, sample_dump, tmp_path_factory):
         **quiet,
     )
     tokenize_corpus(InstancesConfig(corpus=corpus, tokenizer=tok, output=inst, max_seq_length=64), **quiet)
-    return {"data": inst, "tokenizer": tok}
+    return {"data": inst, "tokenizer": tok, "corpus": corpus}
 
 
 def cfg(prepared, storage_path, name, **kw):
@@ -108,6 +108,38 @@ def test_tiny_model_learns(prepared, tmp_path):
     assert f["eval_gen_acc"] > 1 / 2000 * 10, "generator far above chance on held-out instances"
 
 
+def test_pretrain_straight_from_a_corpus(prepared, tmp_path):
+    """--corpus: the tokenize pipeline into the object store; the same instances as the Parquet path."""
+    import ray
+
+    from electra_ray.data.tokenize import instances_dataset
+    from electra_ray.train.data import arrays_from_tables, load_instances
+
+    ds = instances_dataset(prepared["corpus"], prepared["tokenizer"], max_seq_length=64)
+    mem = arrays_from_tables(ray.get(ref) for ref in ds.to_arrow_refs())
+    disk = load_instances(prepared["data"])
+    assert (
+        (mem.ids == disk.ids).all()
+        and (mem.offsets == disk.offsets).all()
+        and (mem.b_start == disk.b_start).all()
+    )
+    c = TrainConfig(
+        corpus=prepared["corpus"],
+        tokenizer=prepared["tokenizer"],
+        storage_path=str(tmp_path),
+        name="fromcorpus",
+        preset="tiny",
+        max_seq_length=64,
+        max_steps=3,
+        batch_size=16,
+        checkpoint_every=3,
+        log_every=3,
+        eval_every=3,
+        eval_instances=16,
+    )
+    assert pretrain(c, **quiet)["step"] == 3
+
+
 def test_s3_run_folder(prepared, bucket):
     s = pretrain(cfg(prepared, f"{bucket}/runs", "s3run", max_steps=3), **quiet)
     assert s["step"] == 3
@@ -135,6 +167,8 @@ def test_config_errors():
         )
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         TrainConfig(data="d", tokenizer="t", storage_path="s", name="n", preset="huge")
+    with pytest.raises(ConfigError, match="either --data"):
+        TrainConfig(data="d", corpus="c", tokenizer="t", storage_path="s", name="n")
 
 
 def _job(*args):

@@ -40,9 +40,18 @@ def load_instances(folder: str) -> InstanceArrays:
         raise FileNotFoundError(
             f"{folder}: no instance shards (part-*.parquet); run jobs/tokenize_corpus.py first"
         )
+    arr = arrays_from_tables(pq.read_table(pa.BufferReader(storage.read_bytes(f))) for f in files)
+    if arr.offsets[-1] == 0:
+        raise ValueError(f"{folder}: the instance shards are empty")
+    return arr
+
+
+def arrays_from_tables(tables) -> InstanceArrays:
+    """Flat arrays from instance tables (columns input_ids, token_type_ids), in order."""
     ids_parts, lengths, b_starts = [], [], []
-    for f in files:
-        t = pq.read_table(pa.BufferReader(storage.read_bytes(f)))
+    for t in tables:
+        if t.num_rows == 0:
+            continue
         ids_col = t.column("input_ids").combine_chunks()
         types_col = t.column("token_type_ids").combine_chunks()
         ids_parts.append(ids_col.values.to_numpy(zero_copy_only=False))
@@ -58,11 +67,13 @@ def load_instances(folder: str) -> InstanceArrays:
             first = np.unique(row, return_index=True)
             first_one[first[0]] = pos[first[1]] - offs[first[0]]
         b_starts.append(np.where(first_one < 0, lens, first_one).astype(np.int32))
+    if not lengths:
+        return InstanceArrays(
+            np.zeros(0, dtype=np.uint16), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        )
     lengths_all = np.concatenate(lengths)
     offsets = np.zeros(len(lengths_all) + 1, dtype=np.int64)
     np.cumsum(lengths_all, out=offsets[1:])
-    if offsets[-1] == 0:
-        raise ValueError(f"{folder}: the instance shards are empty")
     return InstanceArrays(np.concatenate(ids_parts), offsets, np.concatenate(b_starts))
 
 

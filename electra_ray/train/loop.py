@@ -37,7 +37,7 @@ from electra_ray.train.data import build_batch, global_rows
 from electra_ray.train.optim import make_optimizer
 
 # the settings a resume must share with the checkpoint it continues
-RESUME_KEYS = ("batch_size", "seed", "preset", "data")
+RESUME_KEYS = ("batch_size", "seed", "preset", "data", "corpus", "max_seq_length")
 METRIC_NAMES = (
     "gen_loss_sum",
     "n_masked",

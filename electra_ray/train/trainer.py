@@ -36,9 +36,9 @@ def model_config_for(cfg: TrainConfig, tokenizer_folder: str) -> tuple[ModelConf
 
 def check_data(cfg: TrainConfig, arrays, vocab_size: int) -> int:
     """Instances against the tokenizer and the batch; returns the sequence length."""
-    manifest_uri = storage.join(cfg.data, "manifest.json")
-    seq_len = None
-    if storage.exists(manifest_uri):
+    seq_len = cfg.max_seq_length if cfg.corpus else None
+    manifest_uri = storage.join(cfg.data, "manifest.json") if cfg.data else None
+    if manifest_uri and storage.exists(manifest_uri):
         m = storage.read_json(manifest_uri)
         seq_len = m.get("config", {}).get("max_seq_length")
         tok_sha = (m.get("tokenizer") or {}).get("sha256")
@@ -58,7 +58,7 @@ def check_data(cfg: TrainConfig, arrays, vocab_size: int) -> int:
     n_train = arrays.n - cfg.eval_instances
     if n_train < cfg.batch_size:
         raise ValueError(
-            f"{cfg.data} has {arrays.n} instances: fewer than one global batch of {cfg.batch_size} after holding out "
+            f"{cfg.data or cfg.corpus} has {arrays.n} instances: fewer than one global batch of {cfg.batch_size} after holding out "
             f"{cfg.eval_instances} for evaluation; lower --batch-size or --eval-instances"
         )
     return seq_len
@@ -88,12 +88,21 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from electra_ray.train.data import load_instances
+    from electra_ray.train.data import arrays_from_tables, load_instances
     from electra_ray.train.loop import train_loop_per_worker
 
     tok_folder = local_tokenizer(cfg.tokenizer)
     mcfg, special = model_config_for(cfg, tok_folder)
-    arrays = load_instances(cfg.data)
+    if cfg.corpus:
+        from electra_ray.data.tokenize import instances_dataset
+
+        log(f"tokenizing {cfg.corpus} into the object store (no Parquet written)")
+        ds = instances_dataset(cfg.corpus, cfg.tokenizer, max_seq_length=cfg.max_seq_length, seed=cfg.seed)
+        arrays = arrays_from_tables(ray.get(ref) for ref in ds.to_arrow_refs())
+        if arrays.n == 0:
+            raise ValueError(f"{cfg.corpus}: the corpus gave no instances")
+    else:
+        arrays = load_instances(cfg.data)
     seq_len = check_data(cfg, arrays, mcfg.vocab_size)
     if seq_len > mcfg.max_position_embeddings:
         raise ValueError(
