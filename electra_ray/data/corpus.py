@@ -36,6 +36,7 @@ SCHEMA = pa.schema(
     ]
 )
 SHARD_FORMAT_VERSION = 1
+COUNT_KEYS = ("pages_in", "articles_in", "articles_kept", "sentences_kept", "chars_kept", "wikitext_bytes")
 
 
 def shard_name(shard: int) -> str:
@@ -88,14 +89,7 @@ class ShardStats:
         return s
 
     def add(self, other: ShardStats) -> None:
-        for k in (
-            "pages_in",
-            "articles_in",
-            "articles_kept",
-            "sentences_kept",
-            "chars_kept",
-            "wikitext_bytes",
-        ):
+        for k in COUNT_KEYS:
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.page_drops.update(other.page_drops)
         self.sentence_drops.update(other.sentence_drops)
@@ -186,6 +180,16 @@ def completed_shards(output: str, fingerprint: str) -> dict[int, ShardStats]:
         st = ShardStats.from_dict(marker["stats"])
         done[st.shard] = st
     return done
+
+
+def finished_manifest(output: str, fingerprint: str) -> dict | None:
+    """The output's manifest.json when it is complete and was made from the same input and settings."""
+    uri = storage.join(output, "manifest.json")
+    if storage.exists(uri):
+        old = storage.read_json(uri)
+        if old.get("fingerprint") == fingerprint and old.get("complete"):
+            return old
+    return None
 
 
 def read_corpus(output: str) -> pa.Table:

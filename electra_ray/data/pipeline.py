@@ -30,9 +30,11 @@ import pyarrow as pa
 from electra_ray import __version__, storage
 from electra_ray.config import CleanConfig, CorpusConfig
 from electra_ray.data.corpus import (
+    COUNT_KEYS,
     ShardStats,
     clean_shard,
     completed_shards,
+    finished_manifest,
     shard_name,
     write_shard,
 )
@@ -238,11 +240,10 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
     t0 = time.time()
     manifest_uri = storage.join(cfg.output, "manifest.json")
     fingerprint = input_fingerprint(cfg)
-    if storage.exists(manifest_uri):
-        old = storage.read_json(manifest_uri)
-        if old.get("fingerprint") == fingerprint and old.get("complete"):
-            log(f"{cfg.output} is already complete (manifest.json, same dump and settings): nothing to do")
-            return old
+    old = finished_manifest(cfg.output, fingerprint)
+    if old:
+        log(f"{cfg.output} is already complete (manifest.json, same dump and settings): nothing to do")
+        return old
     done = completed_shards(cfg.output, fingerprint)
     if done:
         log(f"resuming: {len(done)} shard(s) already complete in {cfg.output}, skipping them")
@@ -331,17 +332,7 @@ def prepare_corpus(cfg: CorpusConfig, *, log=print) -> dict[str, Any]:
             else [],
             "schema": {"page_id": "int64", "title": "string", "sentences": "list<string>"},
         },
-        "counts": {
-            k: t[k]
-            for k in (
-                "pages_in",
-                "articles_in",
-                "articles_kept",
-                "sentences_kept",
-                "chars_kept",
-                "wikitext_bytes",
-            )
-        },
+        "counts": {k: t[k] for k in COUNT_KEYS},
         "page_drops": t["page_drops"],
         "sentence_drops": t["sentence_drops"],
         "holes_by_template": dict(Counter(t["holes_by_template"]).most_common(100)),

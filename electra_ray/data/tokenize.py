@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from electra_ray import __version__, storage
 from electra_ray.config import InstancesConfig
-from electra_ray.data.corpus import shard_name
+from electra_ray.data.corpus import finished_manifest, shard_name
 from electra_ray.data.instances import SpecialIds, doc_rng, instances_table, pack_document
 from electra_ray.data.resources import actor_pool, pool_size
 from electra_ray.tokenization.wordpiece import (
@@ -167,11 +167,10 @@ def tokenize_corpus(cfg: InstancesConfig, *, log=print) -> dict[str, Any]:
     tok = check_tokenizer(cfg.tokenizer, cfg.ids_dtype)
     fingerprint = cfg.output_fingerprint(tok["sha256"])
     manifest_uri = storage.join(cfg.output, "manifest.json")
-    if storage.exists(manifest_uri):
-        old = storage.read_json(manifest_uri)
-        if old.get("fingerprint") == fingerprint and old.get("complete"):
-            log(f"{cfg.output} is already complete: nothing to do")
-            return old
+    old = finished_manifest(cfg.output, fingerprint)
+    if old:
+        log(f"{cfg.output} is already complete: nothing to do")
+        return old
     done = _done(cfg.output, fingerprint)
     todo = [{"shard": k, "file": f} for k, f in enumerate(files) if k not in done]
     lo, hi = pool_size(cfg.max_workers, len(todo) or 1)
