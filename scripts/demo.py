@@ -112,25 +112,41 @@ def main() -> None:
     runs = os.path.join(OUT, "runs")
     pre = run_job(
         "pretrain.py",
-        "--data", instances,
-        "--tokenizer", tokenizer,
-        "--storage-path", runs,
-        "--name", "demo-tiny",
-        "--preset", "tiny",
-        "--num-workers", "2",
-        "--max-steps", "300",
-        "--batch-size", "16",
-        "--lr", "2e-3",
-        "--warmup-steps", "30",
-        "--checkpoint-every", "100",
-        "--log-every", "50",
-        "--eval-every", "100",
-        "--eval-instances", "16",
+        "--data",
+        instances,
+        "--tokenizer",
+        tokenizer,
+        "--storage-path",
+        runs,
+        "--name",
+        "demo-tiny",
+        "--preset",
+        "tiny",
+        "--num-workers",
+        "2",
+        "--max-steps",
+        "300",
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--warmup-steps",
+        "30",
+        "--checkpoint-every",
+        "100",
+        "--log-every",
+        "50",
+        "--eval-every",
+        "100",
+        "--eval-instances",
+        "16",
     )
     hf_out = os.path.join(OUT, "hf")
     run_job("export.py", "--run", pre["run"], "--output", hf_out)
     show_model(hf_out)
-    print(f"\ndone: corpus, tokenizer, instances, run and Hugging Face folders are under {os.path.relpath(OUT, ROOT)}/")
+    print(
+        f"\ndone: corpus, tokenizer, instances, run and Hugging Face folders are under {os.path.relpath(OUT, ROOT)}/"
+    )
 
 
 def show_model(hf_out: str) -> None:
