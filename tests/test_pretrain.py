@@ -79,6 +79,9 @@ def test_resume_is_exact_and_two_workers_match_one(prepared, tmp_path):
     )
     steps = [json.loads(ln)["step"] for ln in open(os.path.join(again["run"], "metrics.jsonl"))]
     assert steps == [3, 6]
+    assert os.listdir(os.path.join(again["run"], "tensorboard")), "TensorBoard event files"
+    png = open(os.path.join(again["run"], "plots", "curves.png"), "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # two workers, same global batch and micro-batch: same update up to reduction order
     two = pretrain(cfg(prepared, runs, "two", num_workers_min=2, num_workers_max=2), **quiet)
     c = params(two["run"], 6)
@@ -146,6 +149,10 @@ def test_s3_run_folder(prepared, bucket):
     names = {storage.basename(u) for u in storage.list_files(f"{bucket}/runs/s3run/step_00000003")}
     assert {"model.pt", "train_state.pt", "meta.json"} <= names
     assert storage.exists(f"{bucket}/runs/s3run/tokenizer/vocab.txt")
+    assert storage.exists(f"{bucket}/runs/s3run/metrics.jsonl") and storage.exists(
+        f"{bucket}/runs/s3run/plots/curves.png"
+    )
+    assert storage.list_files(f"{bucket}/runs/s3run/tensorboard")
 
 
 def test_resume_with_other_settings_refuses(prepared, tmp_path):

@@ -34,6 +34,7 @@ from electra_ray.train.checkpoint import (
     save_checkpoint,
 )
 from electra_ray.train.data import build_batch, global_rows
+from electra_ray.train.metrics import peak_flops
 from electra_ray.train.optim import make_optimizer
 
 # the settings a resume must share with the checkpoint it continues
@@ -127,6 +128,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     acc = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
     flops_tok = flops_per_token(mcfg, seq_len)
+    peak = peak_flops(device)
     t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0
     history: list[dict[str, float]] = []
     special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
@@ -247,6 +249,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             workers=world,
             eta_s=(tcfg.max_steps - step) / max(steps_since / dt, 1e-9),
         )
+        if peak:
+            metrics["mfu"] = tokens_s * flops_tok / (peak * world)
         if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
             metrics.update(evaluate())
         t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0

@@ -7,7 +7,6 @@ job again with the same name resumes from the latest committed checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -90,6 +89,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
 
     from electra_ray.train.data import arrays_from_tables, load_instances
     from electra_ray.train.loop import train_loop_per_worker
+    from electra_ray.train.metrics import MetricsLogger, plot_curves
 
     tok_folder = local_tokenizer(cfg.tokenizer)
     mcfg, special = model_config_for(cfg, tok_folder)
@@ -147,6 +147,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
             **storage_for_ray(cfg.storage_path),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            callbacks=[MetricsLogger(run)],
         ),
     )
     result = trainer.fit()
@@ -161,17 +162,5 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
         "final": final,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
     }
-    # metrics.jsonl: this launch's reports after those of earlier launches (a resume appends)
-    path = storage.join(run, "metrics.jsonl")
-    first = history[0]["step"] if history else None
-    earlier = []
-    if storage.exists(path):
-        earlier = [
-            ln
-            for ln in storage.read_text(path).splitlines()
-            if ln and (first is None or json.loads(ln)["step"] < first)
-        ]
-    storage.write_text(
-        path, "".join(ln + "\n" for ln in earlier) + "".join(json.dumps(h) + "\n" for h in history)
-    )
+    summary["curves"] = plot_curves(run)
     return summary
