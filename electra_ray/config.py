@@ -340,7 +340,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "gen_num_heads": 1,
         "gen_intermediate_size": 64,
         "max_position_embeddings": 128,
-        "dropout": 0.0,
+        "dropout": 0.1,
     },
 }
 

@@ -3,7 +3,7 @@
 The driver loads every instance shard once into three flat arrays (token ids, row offsets, the
 start of segment B) and puts them in Ray's object store; workers ``ray.get`` them and read them
 zero-copy from the node's shared memory (all of Japanese Wikipedia ≈ 0.7B tokens ≈ 1.5 GB as
-uint16). The last ``eval_instances`` rows are held out for evaluation.
+uint16). A seeded random slice of ``eval_instances`` rows is held out for evaluation.
 
 Order: a permutation of the training rows seeded by (seed, epoch); global step ``s`` takes positions
 ``[s·B, (s+1)·B)`` of the epoch ``s // steps_per_epoch``. A worker of rank r in W takes rows
@@ -75,6 +75,12 @@ def arrays_from_tables(tables) -> InstanceArrays:
     offsets = np.zeros(len(lengths_all) + 1, dtype=np.int64)
     np.cumsum(lengths_all, out=offsets[1:])
     return InstanceArrays(np.concatenate(ids_parts), offsets, np.concatenate(b_starts))
+
+
+def split_rows(n: int, eval_instances: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows): a seeded random slice of the instances is held out."""
+    order = np.random.default_rng([seed, 0xE7A1]).permutation(n)
+    return np.sort(order[eval_instances:]), np.sort(order[:eval_instances])
 
 
 @lru_cache(maxsize=4)

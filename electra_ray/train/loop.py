@@ -33,7 +33,7 @@ from electra_ray.train.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from electra_ray.train.data import build_batch, global_rows
+from electra_ray.train.data import build_batch, global_rows, split_rows
 from electra_ray.train.metrics import peak_flops
 from electra_ray.train.optim import make_optimizer
 
@@ -84,7 +84,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     arrays = ray.get(config["data_ref"])  # zero-copy views of the object store
-    n_train = arrays.n - tcfg.eval_instances
+    train_rows, eval_rows = split_rows(arrays.n, tcfg.eval_instances, tcfg.seed)
+    n_train = len(train_rows)
     share = tcfg.batch_size // world
     if tcfg.batch_size % world:
         raise ValueError(f"--batch-size {tcfg.batch_size} does not divide among {world} workers")
@@ -134,10 +135,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
 
     def evaluate() -> dict[str, float]:
-        """Held-out instances (the last eval_instances rows), fixed masks; sums all-reduced."""
+        """Held-out instances (a seeded random slice), fixed masks; sums all-reduced."""
         model.eval()
         ev = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
-        rows = np.arange(n_train, arrays.n)[rank::world]
+        rows = eval_rows[rank::world]
         with torch.no_grad():
             for k in range(0, len(rows), micro):
                 ids, types, att = (
@@ -174,7 +175,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     ddp_model.train()
     while step < tcfg.max_steps:
         t0 = time.perf_counter()
-        rows = global_rows(step, tcfg.batch_size, n_train, tcfg.seed)
+        rows = train_rows[global_rows(step, tcfg.batch_size, n_train, tcfg.seed)]
         g_ids, g_types, g_att = (
             torch.from_numpy(a) for a in build_batch(arrays, rows, seq_len, special["pad"])
         )
