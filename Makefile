@@ -38,6 +38,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_corpus.py
+	$(PY) benchmarks/bench_tokenize.py
+	$(PY) benchmarks/bench_train.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check electra_ray jobs tests benchmarks scripts
