@@ -157,6 +157,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     history = ret.get("history", [])
     final = history[-1] if history else {}
     summary = {
+        "rank0_pid": ret.get("pid"),
         "run": run,
         "step": ret.get("step"),
         "final": final,
