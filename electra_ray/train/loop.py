@@ -134,6 +134,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     history: list[dict[str, float]] = []
     special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
 
+    def batch_and_masks(rows: np.ndarray, key: int):
+        """Padded tensors of ``rows`` and their masks, drawn from (seed, key) on the CPU."""
+        ids, types, att = (torch.from_numpy(a) for a in build_batch(arrays, rows, seq_len, special["pad"]))
+        masks = draw_masks(
+            ids,
+            att,
+            special_ids,
+            mask_prob=mcfg.mask_prob,
+            mask_token_prob=mcfg.mask_token_prob,
+            max_predictions=mcfg.max_predictions(seq_len),
+            generator=step_generator(tcfg.seed, key),
+        )
+        return ids, types, att, masks
+
     def evaluate() -> dict[str, float]:
         """Held-out instances (a seeded random slice), fixed masks; sums all-reduced."""
         model.eval()
@@ -141,19 +155,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         rows = eval_rows[rank::world]
         with torch.no_grad():
             for k in range(0, len(rows), micro):
-                ids, types, att = (
-                    torch.from_numpy(a)
-                    for a in build_batch(arrays, rows[k : k + micro], seq_len, special["pad"])
-                )
-                m = draw_masks(
-                    ids,
-                    att,
-                    special_ids,
-                    mask_prob=mcfg.mask_prob,
-                    mask_token_prob=mcfg.mask_token_prob,
-                    max_predictions=mcfg.max_predictions(seq_len),
-                    generator=step_generator(tcfg.seed, -1 - k),
-                )
+                ids, types, att, m = batch_and_masks(rows[k : k + micro], -1 - k)
                 g = torch.Generator(device=device)
                 g.manual_seed(_seed(tcfg.seed, 999, k))
                 with autocast():
@@ -176,18 +178,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     while step < tcfg.max_steps:
         t0 = time.perf_counter()
         rows = train_rows[global_rows(step, tcfg.batch_size, n_train, tcfg.seed)]
-        g_ids, g_types, g_att = (
-            torch.from_numpy(a) for a in build_batch(arrays, rows, seq_len, special["pad"])
-        )
-        masks = draw_masks(
-            g_ids,
-            g_att,
-            special_ids,
-            mask_prob=mcfg.mask_prob,
-            mask_token_prob=mcfg.mask_token_prob,
-            max_predictions=mcfg.max_predictions(seq_len),
-            generator=step_generator(tcfg.seed, step),
-        )
+        g_ids, g_types, g_att, masks = batch_and_masks(rows, step)
         # global-batch denominators: workers and micro-steps add up to the global mean exactly
         gen_den = masks.valid.sum().clamp(min=1).to(device, torch.float32)
         disc_den = g_att.sum().clamp(min=1).to(device, torch.float32)
