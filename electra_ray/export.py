@@ -59,11 +59,11 @@ from typing import Any
 
 from electra_ray import storage
 from electra_ray.config import ModelConfig
-from electra_ray.train.checkpoint import FORMAT_VERSION, META_FILE, MODEL_FILE
+from electra_ray.tokenization.vocab import TOKENIZER_FILES
+from electra_ray.train.checkpoint import META_FILE, MODEL_FILE, CheckpointMismatch, parse_meta
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 TOKENIZER_DIR = "tokenizer"
-TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 EXPORT_FILE = "export.json"
 EXPORT_FORMAT_VERSION = 1
 MODEL_DIRS = ("discriminator", "generator")
@@ -219,16 +219,9 @@ def _fetch(uri: str, dest: str) -> str:
 def _read_meta(ckpt_uri: str) -> dict[str, Any]:
     uri = storage.join(ckpt_uri, META_FILE)
     try:
-        meta = json.loads(storage.read_text(uri))
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{uri}: not valid JSON ({e})") from e
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ExportError(
-            f"{uri}: checkpoint format {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}"
-        )
-    if not isinstance(meta.get("model"), dict):
-        raise ExportError(f"{uri}: no model config")
-    return meta
+        return parse_meta(storage.read_text(uri), uri)
+    except CheckpointMismatch as e:
+        raise ExportError(str(e)) from e
 
 
 def _fetch_tokenizer(run_uri: str, dest: str) -> str:

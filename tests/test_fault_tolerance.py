@@ -1,39 +1,47 @@
-"""Faults during pretraining: a training worker killed with SIGKILL mid-run."""
+"""Faults during pretraining: a worker or the whole job killed with SIGKILL mid-run.
+
+Both runs are compared with one uninterrupted reference run of the same 40 steps.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import psutil
 import pytest
 import torch
+from conftest import ROOT
 from test_pretrain import cfg, prepared, quiet  # noqa: F401  (fixture re-used)
 
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.trainer import pretrain
 
+RUN = {"max_steps": 40, "total_steps": 40, "checkpoint_every": 4, "log_every": 4, "eval_every": 40}
 
-@pytest.mark.slow
-def test_worker_killed_mid_run_restarts_from_the_last_checkpoint(prepared, tmp_path, monkeypatch):  # noqa: F811
-    runs = str(tmp_path)
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
-    straight = pretrain(
-        cfg(
-            prepared,
-            runs,
-            "straight",
-            max_steps=40,
-            total_steps=40,
-            checkpoint_every=4,
-            log_every=4,
-            eval_every=40,
-        ),
-        **quiet,
+
+@pytest.fixture(scope="module")
+def reference(prepared, tmp_path_factory):  # noqa: F811
+    """The step-40 parameters of an uninterrupted run."""
+    run = pretrain(cfg(prepared, str(tmp_path_factory.mktemp("ref")), "straight", **RUN), **quiet)["run"]
+    return load_model_state(os.path.join(run, "step_00000040"))
+
+
+def assert_same_as_reference(reference, run: str) -> None:
+    params = load_model_state(os.path.join(run, "step_00000040"))
+    assert all(torch.equal(reference[k], params[k]) for k in reference), (
+        "ends with the uninterrupted run's parameters"
     )
 
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_restarts_from_the_last_checkpoint(prepared, reference, tmp_path, monkeypatch):  # noqa: F811
+    runs = str(tmp_path)
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
     killed = []
 
     def killer():
@@ -49,83 +57,50 @@ def test_worker_killed_mid_run_restarts_from_the_last_checkpoint(prepared, tmp_p
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    faulty = pretrain(
-        cfg(
-            prepared,
-            runs,
-            "faulty",
-            max_steps=40,
-            total_steps=40,
-            checkpoint_every=4,
-            log_every=4,
-            eval_every=40,
-            max_failures=2,
-        ),
-        **quiet,
-    )
+    faulty = pretrain(cfg(prepared, runs, "faulty", max_failures=2, **RUN), **quiet)
     t.join(timeout=5)
     assert killed, "no training worker was found to kill"
     assert faulty["step"] == 40
     assert faulty["rank0_pid"] not in killed, "the run finished on a restarted worker"
-    a, b = (
-        load_model_state(os.path.join(straight["run"], "step_00000040")),
-        load_model_state(os.path.join(faulty["run"], "step_00000040")),
-    )
-    assert all(torch.equal(a[k], b[k]) for k in a), (
-        "the restarted run ends with the uninterrupted run's parameters"
-    )
+    assert_same_as_reference(reference, faulty["run"])
 
 
 @pytest.mark.slow
-def test_driver_killed_and_job_started_again_resumes(prepared, tmp_path):  # noqa: F811
+def test_driver_killed_and_job_started_again_resumes(prepared, reference, tmp_path):  # noqa: F811
     """The whole job (driver, its Ray, its workers) SIGKILLed mid-run; the same command again finishes
     the run from the last committed checkpoint, with the uninterrupted run's parameters."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     runs = str(tmp_path)
+    c = cfg(prepared, runs, "killed", **RUN)
     args = [
         "--data",
-        prepared["data"],
+        c.data,
         "--tokenizer",
-        prepared["tokenizer"],
+        c.tokenizer,
         "--storage-path",
         runs,
+        "--name",
+        "killed",
         "--preset",
-        "tiny",
-        "--max-steps",
-        "40",
-        "--total-steps",
-        "40",
-        "--batch-size",
-        "16",
-        "--micro-batch-size",
-        "8",
-        "--lr",
-        "2e-3",
-        "--warmup-steps",
-        "2",
-        "--checkpoint-every",
-        "4",
-        "--log-every",
-        "4",
-        "--eval-every",
-        "40",
-        "--eval-instances",
-        "16",
-        "--seed",
-        "3",
+        c.preset,
     ]
-    job = [sys.executable, os.path.join(ROOT, "jobs", "pretrain.py")]
+    for flag in (
+        "max_steps",
+        "total_steps",
+        "batch_size",
+        "micro_batch_size",
+        "lr",
+        "warmup_steps",
+        "checkpoint_every",
+        "log_every",
+        "eval_every",
+        "eval_instances",
+        "seed",
+    ):
+        args += ["--" + flag.replace("_", "-"), str(getattr(c, flag))]
+    job = [sys.executable, os.path.join(ROOT, "jobs", "pretrain.py"), *args]
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(
-        [*job, *args, "--name", "killed"],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        job, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     first = os.path.join(runs, "killed", "step_00000008", "meta.json")
     deadline = time.time() + 240
@@ -136,24 +111,7 @@ def test_driver_killed_and_job_started_again_resumes(prepared, tmp_path):  # noq
     proc.wait()
     assert not os.path.exists(os.path.join(runs, "killed", "step_00000040"))
 
-    r = subprocess.run(
-        [*job, *args, "--name", "killed"], env=env, capture_output=True, text=True, timeout=600
-    )
+    r = subprocess.run(job, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from the checkpoint of step" in r.stdout + r.stderr
-    straight = pretrain(
-        cfg(
-            prepared,
-            runs,
-            "straight",
-            max_steps=40,
-            total_steps=40,
-            checkpoint_every=4,
-            log_every=4,
-            eval_every=40,
-        ),
-        **quiet,
-    )
-    a = load_model_state(os.path.join(straight["run"], "step_00000040"))
-    b = load_model_state(os.path.join(runs, "killed", "step_00000040"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_as_reference(reference, os.path.join(runs, "killed"))

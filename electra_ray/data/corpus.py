@@ -167,19 +167,27 @@ def write_shard(
     storage.write_json(storage.join(output, "_shards", f"{name}.json"), marker)
 
 
-def completed_shards(output: str, fingerprint: str) -> dict[int, ShardStats]:
-    """Shards already complete in ``output`` (marker present, same settings); raises on a mismatch."""
-    done: dict[int, ShardStats] = {}
+def shard_markers(output: str, fingerprint: str, other: str) -> dict[int, dict]:
+    """The stats of the shards already complete in ``output`` (``_shards/*.json``), by shard.
+
+    Raises when a marker was written with another fingerprint; ``other`` says what that means.
+    """
+    done: dict[int, dict] = {}
     for uri in storage.list_files(storage.join(output, "_shards"), ".json"):
         marker = storage.read_json(uri)
         if marker.get("fingerprint") != fingerprint:
             raise ValueError(
-                f"{output} holds shards written with other settings or another dump ({uri}); "
+                f"{output} holds shards written with {other} ({uri}); "
                 "use a new --output, or delete that folder to start over"
             )
-        st = ShardStats.from_dict(marker["stats"])
-        done[st.shard] = st
+        done[marker["stats"]["shard"]] = marker["stats"]
     return done
+
+
+def completed_shards(output: str, fingerprint: str) -> dict[int, ShardStats]:
+    """Corpus shards already complete in ``output`` (marker present, same settings)."""
+    markers = shard_markers(output, fingerprint, "other settings or another dump")
+    return {k: ShardStats.from_dict(v) for k, v in markers.items()}
 
 
 def finished_manifest(output: str, fingerprint: str) -> dict | None:

@@ -24,16 +24,14 @@ import pyarrow.parquet as pq
 
 from electra_ray import __version__, storage
 from electra_ray.config import InstancesConfig
-from electra_ray.data.corpus import finished_manifest, shard_name
+from electra_ray.data.corpus import finished_manifest, shard_markers, shard_name
 from electra_ray.data.instances import SpecialIds, doc_rng, instances_table, pack_document
 from electra_ray.data.resources import actor_pool, pool_size
+from electra_ray.tokenization.vocab import TOKENIZER_FILES
 from electra_ray.tokenization.wordpiece import (
     JapaneseWordPieceTokenizer,
     TokenizerFolderError,
-    read_folder_config,
 )
-
-TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def local_tokenizer(uri: str) -> str:
@@ -52,13 +50,12 @@ def local_tokenizer(uri: str) -> str:
     return dest
 
 
-def check_tokenizer(uri: str, ids_dtype: str) -> dict[str, Any]:
-    """Validate a tokenizer folder before any work; returns its facts (vocab size, checksum, dtype)."""
+def open_tokenizer(uri: str, ids_dtype: str = "auto") -> tuple[JapaneseWordPieceTokenizer, dict[str, Any]]:
+    """Load and validate a tokenizer folder; returns (encoder, facts: uri, vocab size, checksum, id dtype)."""
     folder = local_tokenizer(uri)
-    read_folder_config(folder)
+    enc = JapaneseWordPieceTokenizer.from_pretrained(folder)  # checks the folder first: clear errors
     with open(os.path.join(folder, "vocab.txt"), "rb") as f:
         raw = f.read()
-    enc = JapaneseWordPieceTokenizer.from_pretrained(folder)
     n = max(enc.vocab.values()) + 1  # ids run 0..n-1
     for tok in ("[CLS]", "[SEP]", "[UNK]"):
         if tok not in enc.vocab:
@@ -68,7 +65,12 @@ def check_tokenizer(uri: str, ids_dtype: str) -> dict[str, Any]:
             f"{uri}/vocab.txt has {n} entries: ids do not fit uint16 (at most 65536); use --ids-dtype int32 or auto"
         )
     dtype = "int32" if ids_dtype == "int32" or n > 65536 else "uint16"
-    return {"uri": uri, "vocab_size": n, "sha256": hashlib.sha256(raw).hexdigest(), "ids_dtype": dtype}
+    return enc, {"uri": uri, "vocab_size": n, "sha256": hashlib.sha256(raw).hexdigest(), "ids_dtype": dtype}
+
+
+def check_tokenizer(uri: str, ids_dtype: str) -> dict[str, Any]:
+    """Validate a tokenizer folder before any work; returns its facts (vocab size, checksum, dtype)."""
+    return open_tokenizer(uri, ids_dtype)[1]
 
 
 def encode_documents(
@@ -144,18 +146,6 @@ class ShardEncoder:
         return pa.table({"stats": out})
 
 
-def _done(output: str, fingerprint: str) -> dict[int, dict]:
-    done = {}
-    for uri in storage.list_files(storage.join(output, "_shards"), ".json"):
-        m = storage.read_json(uri)
-        if m.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"{output} holds instance shards made with other settings or another tokenizer ({uri}); use a new --output"
-            )
-        done[m["stats"]["shard"]] = m["stats"]
-    return done
-
-
 def tokenize_corpus(cfg: InstancesConfig, *, log=print) -> dict[str, Any]:
     """Run the instances stage (Ray must be initialized); returns the manifest."""
     import ray
@@ -171,7 +161,7 @@ def tokenize_corpus(cfg: InstancesConfig, *, log=print) -> dict[str, Any]:
     if old:
         log(f"{cfg.output} is already complete: nothing to do")
         return old
-    done = _done(cfg.output, fingerprint)
+    done = shard_markers(cfg.output, fingerprint, "other settings or another tokenizer")
     todo = [{"shard": k, "file": f} for k, f in enumerate(files) if k not in done]
     lo, hi = pool_size(cfg.max_workers, len(todo) or 1)
     log(

@@ -147,11 +147,11 @@ def heldout_sentences(corpus: str, fraction: float, limit: int) -> list[str]:
     return out
 
 
-def unk_rate(folder_or_vocab: list[str], sentences: list[str]) -> dict[str, Any]:
+def unk_rate(vocab: list[str], sentences: list[str]) -> dict[str, Any]:
+    """Share of [UNK] among the ids of ``sentences`` under ``vocab`` (in id order)."""
     from electra_ray.tokenization.wordpiece import JapaneseWordPieceTokenizer
 
-    vocab = {t: i for i, t in enumerate(folder_or_vocab)}
-    enc = JapaneseWordPieceTokenizer(vocab)
+    enc = JapaneseWordPieceTokenizer({t: i for i, t in enumerate(vocab)})
     tokens = unk = 0
     for ids in enc.encode_batch(sentences):
         tokens += len(ids)

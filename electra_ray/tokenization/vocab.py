@@ -28,6 +28,7 @@ SPECIAL_ORDERS = {
     # padding at id 0, as model configs default to
     "pad-first": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *UNUSED),
 }
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 SPECIAL_NAMES = {
     "unk_token": "[UNK]",
     "sep_token": "[SEP]",

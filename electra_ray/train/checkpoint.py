@@ -60,17 +60,27 @@ def save_checkpoint(
         json.dump(meta, f, ensure_ascii=False, indent=2, sort_keys=True)
 
 
+def parse_meta(text: str, where: str) -> dict[str, Any]:
+    """meta.json's content, checked: valid JSON, this format version, a model config."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointMismatch(f"{where}: not valid JSON ({e})") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointMismatch(
+            f"{where}: checkpoint format {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+        )
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointMismatch(f"{where}: no model config")
+    return meta
+
+
 def read_meta(folder: str) -> dict[str, Any]:
     path = os.path.join(folder, META_FILE)
     if not os.path.isfile(path):
         raise CheckpointMismatch(f"{folder}: no {META_FILE}: not a complete electra_ray checkpoint")
     with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointMismatch(
-            f"{folder}: checkpoint format {meta.get('format_version')}, this code reads {FORMAT_VERSION}"
-        )
-    return meta
+        return parse_meta(f.read(), path)
 
 
 def load_model_state(folder: str) -> dict[str, torch.Tensor]:

@@ -12,63 +12,54 @@ from typing import Any
 
 from electra_ray import storage
 from electra_ray.config import ModelConfig, TrainConfig, model_preset
-from electra_ray.data.tokenize import TOKENIZER_FILES, local_tokenizer
-from electra_ray.tokenization.wordpiece import JapaneseWordPieceTokenizer, read_folder_config
+from electra_ray.data.tokenize import local_tokenizer, open_tokenizer
+from electra_ray.tokenization.vocab import TOKENIZER_FILES
+from electra_ray.tokenization.wordpiece import JapaneseWordPieceTokenizer
 
 
 def run_folder(cfg: TrainConfig) -> str:
     return storage.join(cfg.storage_path, cfg.name)
 
 
-def model_config_for(cfg: TrainConfig, tokenizer_folder: str) -> tuple[ModelConfig, dict[str, int]]:
+def model_config_for(cfg: TrainConfig, enc: JapaneseWordPieceTokenizer) -> tuple[ModelConfig, dict[str, int]]:
     """The preset with the tokenizer's vocabulary size and special ids."""
-    read_folder_config(tokenizer_folder)
-    tok = JapaneseWordPieceTokenizer.from_pretrained(tokenizer_folder)
-    vocab_size = max(tok.vocab.values()) + 1
+    vocab_size = max(enc.vocab.values()) + 1
     special = {}
     for key, token in (("cls", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]"), ("mask", "[MASK]")):
-        if token not in tok.vocab:
+        if token not in enc.vocab:
             raise ValueError(f"{cfg.tokenizer}/vocab.txt has no {token}")
-        special[key] = tok.vocab[token]
+        special[key] = enc.vocab[token]
     return model_preset(cfg.preset, vocab_size=vocab_size, pad_token_id=special["pad"]), special
 
 
-def check_data(cfg: TrainConfig, arrays, vocab_size: int) -> int:
+def check_data(cfg: TrainConfig, arrays, vocab_size: int, vocab_sha256: str) -> int:
     """Instances against the tokenizer and the batch; returns the sequence length."""
+    source = cfg.data or cfg.corpus
     seq_len = cfg.max_seq_length if cfg.corpus else None
     manifest_uri = storage.join(cfg.data, "manifest.json") if cfg.data else None
     if manifest_uri and storage.exists(manifest_uri):
         m = storage.read_json(manifest_uri)
         seq_len = m.get("config", {}).get("max_seq_length")
         tok_sha = (m.get("tokenizer") or {}).get("sha256")
-        mine = _vocab_sha(cfg.tokenizer)
-        if tok_sha and mine and tok_sha != mine:
+        if tok_sha and tok_sha != vocab_sha256:
             raise ValueError(
                 f"{cfg.data} was tokenized with another vocabulary (sha256 {tok_sha[:12]}…) than {cfg.tokenizer} "
-                f"({mine[:12]}…); pass the tokenizer the instances were made with"
+                f"({vocab_sha256[:12]}…); pass the tokenizer the instances were made with"
             )
     max_id = int(arrays.ids.max()) if len(arrays.ids) else -1
     if max_id >= vocab_size:
         raise ValueError(
-            f"{cfg.data} holds token id {max_id}, outside the tokenizer's {vocab_size}-entry vocabulary"
+            f"{source} holds token id {max_id}, outside the tokenizer's {vocab_size}-entry vocabulary"
         )
     lengths = arrays.offsets[1:] - arrays.offsets[:-1]
     seq_len = seq_len or int(lengths.max())
     n_train = arrays.n - cfg.eval_instances
     if n_train < cfg.batch_size:
         raise ValueError(
-            f"{cfg.data or cfg.corpus} has {arrays.n} instances: fewer than one global batch of {cfg.batch_size} after holding out "
+            f"{source} has {arrays.n} instances: fewer than one global batch of {cfg.batch_size} after holding out "
             f"{cfg.eval_instances} for evaluation; lower --batch-size or --eval-instances"
         )
     return seq_len
-
-
-def _vocab_sha(uri: str) -> str | None:
-    import hashlib
-
-    folder = local_tokenizer(uri)
-    path = os.path.join(folder, "vocab.txt")
-    return hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) else None
 
 
 def storage_for_ray(path: str) -> dict[str, Any]:
@@ -91,8 +82,9 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     from electra_ray.train.loop import train_loop_per_worker
     from electra_ray.train.metrics import MetricsLogger, plot_curves
 
+    enc, tok = open_tokenizer(cfg.tokenizer)
     tok_folder = local_tokenizer(cfg.tokenizer)
-    mcfg, special = model_config_for(cfg, tok_folder)
+    mcfg, special = model_config_for(cfg, enc)
     if cfg.corpus:
         from electra_ray.data.tokenize import instances_dataset
 
@@ -103,7 +95,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
             raise ValueError(f"{cfg.corpus}: the corpus gave no instances")
     else:
         arrays = load_instances(cfg.data)
-    seq_len = check_data(cfg, arrays, mcfg.vocab_size)
+    seq_len = check_data(cfg, arrays, mcfg.vocab_size, tok["sha256"])
     if seq_len > mcfg.max_position_embeddings:
         raise ValueError(
             f"instances of {seq_len} tokens exceed the {cfg.preset} preset's {mcfg.max_position_embeddings} positions"

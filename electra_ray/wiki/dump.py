@@ -48,10 +48,10 @@ class Page:
 # decompression
 
 
-def is_bz2(uri: str, head: bytes | None = None) -> bool:
-    if head is None:
-        head = storage.read_range(uri, 0, min(3, storage.size(uri))) if storage.size(uri) else b""
-    return head.startswith(BZ2_MAGIC)
+def is_bz2(uri: str) -> bool:
+    """Whether the file starts with the bz2 magic (an empty or tiny file does not)."""
+    n = storage.size(uri)
+    return n >= len(BZ2_MAGIC) and storage.read_range(uri, 0, len(BZ2_MAGIC)) == BZ2_MAGIC
 
 
 def bz2_streams(chunks: Iterable[tuple[int, bytes]], source: str) -> Iterator[bytes]:
