@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -405,6 +406,25 @@ class TrainConfig(Config):
     )
     eval_every: int = field(default=1000, metadata={"help": "steps between held-out evaluations"})
     eval_instances: int = field(default=256, metadata={"help": "instances held out for evaluation"})
+    nonfinite_rollback: int = field(
+        default=3,
+        metadata={
+            "help": "non-finite steps (skipped) since the last checkpoint that make the run roll back to it "
+            "and skip the batches in between (0: never roll back)"
+        },
+    )
+    max_rollbacks: int = field(
+        default=3, metadata={"help": "rollbacks allowed in one launch before the run stops with an error"}
+    )
+    upload_retry_s: float = field(
+        default=900.0,
+        metadata={
+            "help": "seconds a checkpoint upload keeps retrying unreachable storage (training goes on meanwhile)"
+        },
+    )
+    inject_nonfinite: tuple[int, ...] = field(
+        default=(), metadata={"help": "fault injection for tests: data batches whose loss is made NaN"}
+    )
 
     def validate(self) -> None:
         for name in ("tokenizer", "storage_path", "name"):
@@ -438,6 +458,17 @@ class TrainConfig(Config):
         for name in ("checkpoint_every", "log_every", "eval_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(self.max_failures >= 0, "max_failures must be >= 0")
+        _check(self.nonfinite_rollback >= 0, "nonfinite_rollback must be >= 0")
+        _check(self.max_rollbacks >= 0, "max_rollbacks must be >= 0")
+        _check(self.upload_retry_s >= 0, "upload_retry_s must be >= 0")
+
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per forward pass: the flag, or the largest size that divides every worker's share
+        at every world size in MIN..MAX (so an elastic run cuts the same micro-batches at any size)."""
+        if self.micro_batch_size:
+            return self.micro_batch_size
+        return math.gcd(*(self.batch_size // w for w in range(self.num_workers_min, self.num_workers_max + 1)))
 
     @property
     def schedule_steps(self) -> int:

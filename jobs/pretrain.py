@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         ("log_every", int),
         ("eval_every", int),
         ("eval_instances", int),
+        ("nonfinite_rollback", int),
+        ("max_rollbacks", int),
+        ("upload_retry_s", float),
     ):
         p.add_argument("--" + flag.replace("_", "-"), type=typ, default=d[flag].default, help=h(flag))
     a = p.parse_args(argv)
@@ -89,6 +92,9 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "log_every",
             "eval_every",
             "eval_instances",
+            "nonfinite_rollback",
+            "max_rollbacks",
+            "upload_retry_s",
         )
     }
     return TrainConfig(num_workers_min=a.num_workers[0], num_workers_max=a.num_workers[1], **kw)

@@ -3,7 +3,9 @@
 A checkpoint is a folder (Ray Train uploads it to ``{storage}/{run}/step_XXXXXXXX/``):
 
     model.pt        ElectraPretrainer.state_dict()
-    train_state.pt  optimizer, schedule, step, epoch, RNG states (per rank where they differ)
+    train_state.pt  optimizer, schedule, progress (step, data cursor, tokens seen, non-finite steps,
+                    rollbacks), RNG states of rank 0 (all randomness is keyed by (seed, batch), so
+                    they are kept for completeness, not needed for an exact resume)
     meta.json       format version, step, model config, training config — written last
 
 A resume refuses a checkpoint whose format version, model config or global batch differ from the
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -22,6 +26,35 @@ import torch
 
 FORMAT_VERSION = 1
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in train_state.pt with its own format version.
+
+    ``cursor`` counts the global batches the data stream has handed out (the sample index is
+    ``cursor × batch_size``, independent of the worker count). It equals ``step`` unless a rollback
+    after non-finite losses skipped the batches between the checkpoint and the failure.
+    """
+
+    VERSION = 1
+    step: int = 0
+    cursor: int = 0
+    tokens_seen: int = 0
+    nonfinite_steps: int = 0
+    rollbacks: int = 0
+
+    def state_dict(self, batch_size: int | None = None) -> dict[str, Any]:
+        d = {"version": self.VERSION, **asdict(self)}
+        if batch_size is not None:
+            d["sample_index"] = self.cursor * batch_size
+        return d
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        if d.get("version") != self.VERSION:
+            raise CheckpointMismatch(f"progress state version {d.get('version')!r}, this code reads {self.VERSION}")
+        for f in fields(self):
+            setattr(self, f.name, int(d[f.name]))
 
 
 class CheckpointMismatch(ValueError):
@@ -110,3 +143,52 @@ def check_compatible(
             "the run folder holds checkpoints of a different run; use another --name, or the same settings:\n  "
             + "\n  ".join(diffs)
         )
+
+
+def upload_checkpoint(
+    local_dir: str, filesystem, dest: str, *, retry_s: float, log=print, sleep=time.sleep
+) -> None:
+    """Copy a checkpoint folder to ``dest`` on a pyarrow ``filesystem``, ``meta.json`` last.
+
+    Each file is retried with exponential backoff (1 s … 30 s) for up to ``retry_s`` seconds in all,
+    so a storage outage shorter than that delays the checkpoint instead of failing the run. A folder
+    without ``meta.json`` is never a checkpoint (``read_meta`` refuses it), and Ray Train commits a
+    checkpoint only once this function has returned.
+    """
+    import pyarrow.fs as pafs
+
+    local = pafs.LocalFileSystem()
+    names = sorted(os.listdir(local_dir), key=lambda n: (n == META_FILE, n))
+    deadline = time.monotonic() + retry_s
+    delay, failures = 1.0, 0
+    for name in names:
+        while True:
+            try:
+                if name == names[0]:
+                    filesystem.create_dir(dest, recursive=True)
+                pafs.copy_files(
+                    os.path.join(local_dir, name),
+                    f"{dest}/{name}",
+                    source_filesystem=local,
+                    destination_filesystem=filesystem,
+                )
+                break
+            except OSError as e:  # pyarrow raises OSError subclasses for network and service errors
+                failures += 1
+                if time.monotonic() + delay > deadline:
+                    raise OSError(
+                        f"checkpoint upload to {dest} failed for {retry_s:.0f} s ({failures} attempts); "
+                        f"last error: {_first_line(e)}"
+                    ) from e
+                log(
+                    f"checkpoint upload to {dest}: {name} failed ({_first_line(e)}); retrying in {delay:.0f} s",
+                    flush=True,
+                )
+                sleep(delay)
+                delay = min(delay * 2, 30.0)
+    if failures:
+        log(f"checkpoint upload to {dest}: complete after {failures} failed attempt(s)", flush=True)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

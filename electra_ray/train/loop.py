@@ -4,11 +4,17 @@ Reads top to bottom: set up → resume → loop of (build batch → micro-steps 
 every ``log_every`` steps one all-reduce of the metric sums and one ``ray.train.report`` (with a
 checkpoint every ``checkpoint_every`` steps). No host sync happens between reports.
 
-Randomness is keyed, not carried: masks come from (seed, step) over the global batch; dropout and
-Gumbel noise from (seed, step, global micro-batch index), where the index is the micro-batch's
-first global row divided by the micro-batch size. So a resume is exact without saving RNG states,
-masks are the same at any world size, and with a fixed ``--micro-batch-size`` so is all the rest:
-only the order of floating-point reductions then differs between world sizes.
+Randomness is keyed, not carried: masks come from (seed, batch) over the global batch; dropout and
+Gumbel noise from (seed, batch, global micro-batch index), where the index is the micro-batch's
+first global row divided by the micro-batch size ("batch" is the data cursor: the number of global
+batches handed out so far, equal to the step unless a rollback skipped some). So a resume is exact
+without restoring RNG states, masks are the same at any world size, and since the micro-batch size
+is fixed across world sizes (``TrainConfig.micro_batch``) so is all the rest: only the order of
+floating-point reductions differs between world sizes.
+
+Non-finite steps are skipped on the device (the optimizer's update is masked, no host sync) and
+counted; at a report, ``nonfinite_rollback`` of them since the last checkpoint roll the run back to
+that checkpoint's state (kept in host memory) and the data cursor moves on past the bad batches.
 """
 
 from __future__ import annotations
@@ -27,13 +33,17 @@ from electra_ray.config import ModelConfig, TrainConfig
 from electra_ray.model.electra import ElectraPretrainer, flops_per_token
 from electra_ray.model.masking import draw_masks, step_generator
 from electra_ray.train.checkpoint import (
+    Progress,
     check_compatible,
     load_model_state,
     load_train_state,
     read_meta,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
+    upload_checkpoint,
 )
-from electra_ray.train.data import build_batch, global_rows, split_rows
+from electra_ray.train.data import build_batch, global_rows, rows_digest, split_rows
 from electra_ray.train.metrics import peak_flops
 from electra_ray.train.optim import make_optimizer
 
@@ -53,6 +63,21 @@ METRIC_NAMES = (
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def _to_cpu(obj: Any, memo: dict[int, torch.Tensor] | None = None) -> Any:
+    """A deep copy with every tensor cloned to the host (a rollback snapshot); tensors shared in
+    ``obj`` (the tied embeddings) stay shared in the copy."""
+    memo = {} if memo is None else memo
+    if isinstance(obj, torch.Tensor):
+        if id(obj) not in memo:
+            memo[id(obj)] = obj.detach().to("cpu", copy=True)
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v, memo) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v, memo) for v in obj)
+    return obj
 
 
 def _rates(t: torch.Tensor) -> dict[str, float]:
@@ -89,8 +114,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     share = tcfg.batch_size // world
     if tcfg.batch_size % world:
         raise ValueError(f"--batch-size {tcfg.batch_size} does not divide among {world} workers")
-    micro = min(tcfg.micro_batch_size or share, share)
+    micro = min(tcfg.micro_batch, share)
+    if share % micro:
+        raise ValueError(f"micro-batch {micro} does not divide a worker's share {share} at {world} workers")
     accum = share // micro
+    inject = frozenset(tcfg.inject_nonfinite)
 
     if device.type == "cpu":
         torch.set_num_threads(tcfg.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1 unless told otherwise
@@ -105,7 +133,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         warmup=tcfg.warmup_steps,
         total=tcfg.schedule_steps,
     )
-    step = 0
+    prog = Progress()
+    store = config.get("store")  # {"filesystem": pyarrow fs, "root": run folder path in it}
 
     # --------------------------------------------------------------------------------- resume
     ckpt = ray.train.get_checkpoint()
@@ -118,9 +147,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             state = load_train_state(d)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
-            step = state["step"]
+            if "progress" in state:
+                prog.load_state_dict(state["progress"])
+            else:  # checkpoints written before the progress record: the cursor was the step
+                prog = Progress(step=state["step"], cursor=state["step"])
+            if "rng" in state:
+                set_rng_state(state["rng"])
         if rank == 0:
-            print(f"resumed from the checkpoint of step {step} ({world} worker(s))", flush=True)
+            print(
+                f"resumed from the checkpoint of step {prog.step} ({world} worker(s); data batch {prog.cursor}, "
+                f"sample {prog.cursor * tcfg.batch_size}, {prog.tokens_seen} tokens seen)",
+                flush=True,
+            )
     model.check_tying()
     ddp_model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
     model.check_tying()
@@ -128,6 +166,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
     acc = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
+    bad = torch.zeros((), device=device, dtype=torch.float64)  # skipped (non-finite) steps
+    digest = 0  # rows_digest of the rows this worker trained on since the last report
+    since_ckpt_bad = 0
+
+    def snapshot() -> dict[str, Any] | None:
+        """The state a rollback returns to (host memory), taken at every checkpoint."""
+        if not tcfg.nonfinite_rollback:
+            return None
+        return {
+            "model": _to_cpu(model.state_dict()),
+            "optimizer": _to_cpu(opt.state_dict()),
+            "scheduler": sched.state_dict(),
+            "step": prog.step,
+        }
+
+    last_good = snapshot()
     flops_tok = flops_per_token(mcfg, seq_len)
     peak = peak_flops(device)
     t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0
@@ -175,24 +229,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     # ----------------------------------------------------------------------------------- loop
     ddp_model.train()
-    while step < tcfg.max_steps:
+    while prog.step < tcfg.max_steps:
         t0 = time.perf_counter()
-        rows = train_rows[global_rows(step, tcfg.batch_size, n_train, tcfg.seed)]
-        g_ids, g_types, g_att, masks = batch_and_masks(rows, step)
+        cursor = prog.cursor
+        rows = train_rows[global_rows(cursor, tcfg.batch_size, n_train, tcfg.seed)]
+        g_ids, g_types, g_att, masks = batch_and_masks(rows, cursor)
         # global-batch denominators: workers and micro-steps add up to the global mean exactly
         gen_den = masks.valid.sum().clamp(min=1).to(device, torch.float32)
         disc_den = g_att.sum().clamp(min=1).to(device, torch.float32)
         lo = rank * share
+        digest += rows_digest(rows[lo : lo + share], cursor)
         data_wait += time.perf_counter() - t0
         for a in range(accum):
             r0, r1 = lo + a * micro, lo + (a + 1) * micro
             ids, types, att = g_ids[r0:r1].to(device), g_types[r0:r1].to(device), g_att[r0:r1].to(device)
-            chunk = (
-                r0 // micro
-            )  # global micro-batch index: the same rows get the same noise at any world size
-            torch.manual_seed(_seed(tcfg.seed, step, chunk))  # dropout
+            chunk = r0 // micro  # global micro-batch index: the same rows get the same noise at any world size
+            torch.manual_seed(_seed(tcfg.seed, cursor, chunk))  # dropout
             gumbel = torch.Generator(device=device)
-            gumbel.manual_seed(_seed(tcfg.seed, step, chunk, 1))
+            gumbel.manual_seed(_seed(tcfg.seed, cursor, chunk, 1))
             sync = a == accum - 1 or world == 1
             with (
                 nullcontext() if sync or not hasattr(ddp_model, "no_sync") else ddp_model.no_sync(),
@@ -208,26 +262,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     gen_denominator=gen_den,
                     disc_denominator=disc_den,
                 )
+                loss = out.loss * float("nan") if cursor in inject else out.loss
                 # DDP averages gradients over ranks: scale back to a sum, so the step's gradient is
                 # the gradient of the global-batch mean loss
-                (out.loss * world).backward()
+                (loss * world).backward()
             acc += torch.stack([getattr(out, n).double() for n in METRIC_NAMES])
         grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), tcfg.clip_norm)
-        opt.step()
+        ok = torch.isfinite(grad_norm)  # the same on every rank: gradients are all-reduced
+        opt.step(ok=ok)  # a non-finite step changes nothing (no host sync)
+        bad += (~ok).double()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        step += 1
+        prog.step += 1
+        prog.cursor += 1
         steps_since += 1
+        step = prog.step
 
         # ------------------------------------------------------------ report (the only host sync)
         want_ckpt = step % tcfg.checkpoint_every == 0 or step == tcfg.max_steps
         if not (step % tcfg.log_every == 0 or want_ckpt or step % tcfg.eval_every == 0):
             continue
+        sums = torch.cat([acc, bad.view(1), torch.tensor([float(digest)], device=device, dtype=torch.float64)])
         if world > 1:
-            dist.all_reduce(acc)  # collective: metric sums
-        metrics = _rates(acc.cpu())  # host sync
+            dist.all_reduce(sums)  # collective: metric sums
+        sums = sums.cpu()  # host sync
+        metrics = _rates(sums[: len(METRIC_NAMES)])
+        n_bad, window_digest = int(sums[-2]), int(sums[-1])
         acc.zero_()
+        bad.zero_()
+        digest = 0
         dt = time.perf_counter() - t_last
+        prog.tokens_seen += int(metrics["tokens"])
+        prog.nonfinite_steps += n_bad
+        since_ckpt_bad += n_bad
         tokens_s = metrics.pop("tokens") / dt
         metrics.update(
             step=step,
@@ -240,10 +307,46 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             data_wait_share=data_wait / dt,
             workers=world,
             eta_s=(tcfg.max_steps - step) / max(steps_since / dt, 1e-9),
+            tokens_seen=prog.tokens_seen,
+            data_batch=prog.cursor,
+            sample_digest=window_digest,
+            nonfinite_steps=prog.nonfinite_steps,
+            rollbacks=prog.rollbacks,
         )
         if peak:
             metrics["mfu"] = tokens_s * flops_tok / (peak * world)
-        if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
+        if n_bad and rank == 0:
+            print(
+                f"step {step}: {n_bad} non-finite step(s) skipped since the last report "
+                f"({since_ckpt_bad} since the last checkpoint, {prog.nonfinite_steps} in all)",
+                flush=True,
+            )
+        if tcfg.nonfinite_rollback and since_ckpt_bad >= tcfg.nonfinite_rollback:
+            if prog.rollbacks >= tcfg.max_rollbacks:
+                raise RuntimeError(
+                    f"step {step}: {since_ckpt_bad} non-finite steps since the last checkpoint, and "
+                    f"{prog.rollbacks} rollback(s) already: the run keeps diverging; lower --lr or "
+                    "check the data (the run folder keeps its last good checkpoint)"
+                )
+            back = last_good
+            model.load_state_dict(back["model"])
+            model.tie()
+            opt.load_state_dict(back["optimizer"])
+            sched.load_state_dict(back["scheduler"])
+            prog.step = back["step"]
+            prog.rollbacks += 1
+            since_ckpt_bad = 0
+            metrics["rolled_back_to"] = prog.step
+            metrics["rollbacks"] = prog.rollbacks
+            want_ckpt = False
+            if rank == 0:
+                print(
+                    f"step {step}: rolled back to step {prog.step} (the last checkpoint) after repeated "
+                    f"non-finite losses; skipping data batches {prog.cursor - (step - prog.step)}–"
+                    f"{prog.cursor - 1} (rollback {prog.rollbacks} of at most {tcfg.max_rollbacks})",
+                    flush=True,
+                )
+        elif step % tcfg.eval_every == 0 or step == tcfg.max_steps:
             metrics.update(evaluate())
         t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0
         history.append(metrics)
@@ -255,12 +358,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 flush=True,
             )
         checkpoint = None
+        if want_ckpt:
+            since_ckpt_bad = 0
+            last_good = snapshot()
         if want_ckpt and rank == 0:
-            folder = tempfile.mkdtemp(prefix="electra-ckpt-")  # ASYNC upload deletes it afterwards
+            folder = tempfile.mkdtemp(prefix="electra-ckpt-")  # deleted after the upload
             save_checkpoint(
                 folder,
-                model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                train_state={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
+                model_state=last_good["model"]
+                if last_good
+                else {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                train_state={
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "step": step,
+                    "progress": prog.state_dict(tcfg.batch_size),
+                    "rng": rng_state(),
+                },
                 step=step,
                 model_config=mcfg.to_dict(),
                 train_config=tcfg.to_dict(),
@@ -273,5 +387,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC
             if checkpoint is not None
             else ray.train.CheckpointUploadMode.SYNC,
+            delete_local_checkpoint_after_upload=checkpoint is not None,
+            checkpoint_upload_fn=_uploader(store, tcfg.upload_retry_s) if checkpoint is not None and store else None,
         )
-    return {"step": step, "history": history, "rank": rank, "pid": os.getpid()}
+    return {"step": prog.step, "history": history, "rank": rank, "pid": os.getpid(), "progress": prog.state_dict()}
+
+
+def _uploader(store: dict[str, Any], retry_s: float):
+    """Ray Train's checkpoint_upload_fn: our upload with long retries, meta.json last."""
+    import ray.train
+
+    def upload(checkpoint, checkpoint_dir_name: str):
+        dest = f"{store['root'].rstrip('/')}/{checkpoint_dir_name}"
+        upload_checkpoint(checkpoint.path, store["filesystem"], dest, retry_s=retry_s)
+        return ray.train.Checkpoint(path=dest, filesystem=store["filesystem"])
+
+    return upload

@@ -61,6 +61,7 @@ class MetricsLogger(_base()):
         self.rows: list[dict[str, Any]] | None = None
         self.writer = None
         self.tb_dir: str | None = None
+        self.failing = False
 
     def _start(self, first_step: int) -> None:
         path = storage.join(self.run, "metrics.jsonl")
@@ -80,17 +81,25 @@ class MetricsLogger(_base()):
         if self.rows is None:
             self._start(int(m["step"]))
         self.rows = [r for r in self.rows if r["step"] < m["step"]] + [m]
-        storage.write_text(
-            storage.join(self.run, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows)
-        )
         for key, value in m.items():
             if isinstance(value, (int, float)) and key != "step":
                 group = "eval" if key.startswith("eval_") else "train"
                 self.writer.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, int(m["step"]))
         self.writer.flush()
-        for f in glob.glob(os.path.join(self.tb_dir, "events.*")):
-            with open(f, "rb") as fh:
-                storage.write_bytes(storage.join(self.run, "tensorboard", os.path.basename(f)), fh.read())
+        try:  # the files are rewritten whole each time: a write missed in a storage outage is caught up
+            storage.write_text(
+                storage.join(self.run, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows)
+            )
+            for f in glob.glob(os.path.join(self.tb_dir, "events.*")):
+                with open(f, "rb") as fh:
+                    storage.write_bytes(storage.join(self.run, "tensorboard", os.path.basename(f)), fh.read())
+            if self.failing:
+                print(f"metrics: {self.run} is writable again; metrics.jsonl caught up", flush=True)
+            self.failing = False
+        except (storage.StorageError, OSError) as e:
+            if not self.failing:
+                print(f"metrics: cannot write to {self.run} ({e}); training goes on, will retry", flush=True)
+            self.failing = True
 
 
 def read_metrics(run: str) -> list[dict[str, Any]]:

@@ -29,11 +29,16 @@ class AdamNoBiasCorrection(Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, ok: torch.Tensor | None = None):
+        """One update. ``ok`` (a 0-d bool tensor on the parameters' device, e.g. "the gradient norm
+        is finite") makes a step that leaves parameters and moments exactly as they were when it is
+        false, without a host sync: the skip is arithmetic, not a branch."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if ok is not None:
+            return self._masked_step(ok)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -58,6 +63,36 @@ class AdamNoBiasCorrection(Optimizer):
                 torch._foreach_add_(update, params, alpha=group["weight_decay"])
             torch._foreach_add_(params, update, alpha=-group["lr"])
         return loss
+
+    def _masked_step(self, ok: torch.Tensor) -> None:
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            okf = ok.to(params[0].dtype)
+            grads = [torch.nan_to_num_(p.grad, 0.0, 0.0, 0.0) for p in params]
+            torch._foreach_mul_(grads, okf)  # a skipped step sees a zero gradient...
+            ms, vs = [], []
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                ms.append(state["exp_avg"])
+                vs.append(state["exp_avg_sq"])
+            b1, b2 = group["betas"]
+            # ...and keeps its moments: m ← m·(1 − (1−β₁)·ok) + (1−β₁)·g, likewise v
+            torch._foreach_mul_(ms, 1 - (1 - b1) * okf)
+            torch._foreach_add_(ms, grads, alpha=1 - b1)
+            torch._foreach_mul_(vs, 1 - (1 - b2) * okf)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, group["eps"])
+            update = torch._foreach_div(ms, denom)
+            if group["weight_decay"]:
+                torch._foreach_add_(update, params, alpha=group["weight_decay"])
+            torch._foreach_mul_(update, okf * group["lr"])  # ...and does not move the parameters
+            torch._foreach_sub_(params, update)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

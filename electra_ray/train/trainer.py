@@ -74,6 +74,7 @@ def storage_for_ray(path: str) -> dict[str, Any]:
 
 def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     """Run (or resume) a pretraining run; Ray must be initialized."""
+    import pyarrow.fs as pafs
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -115,6 +116,11 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     )
 
     data_ref = ray.put(arrays)
+    where = storage_for_ray(cfg.storage_path)
+    store = {  # where workers upload checkpoints (the endpoint travels in the filesystem object)
+        "filesystem": where.get("storage_filesystem") or pafs.LocalFileSystem(),
+        "root": f"{where['storage_path'].rstrip('/')}/{cfg.name}",
+    }
     workers = (
         cfg.num_workers_min
         if cfg.num_workers_min == cfg.num_workers_max
@@ -128,6 +134,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
             "special": special,
             "seq_len": seq_len,
             "data_ref": data_ref,
+            "store": store,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
@@ -136,7 +143,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
         ),
         run_config=ray.train.RunConfig(
             name=cfg.name,
-            **storage_for_ray(cfg.storage_path),
+            **where,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             callbacks=[MetricsLogger(run)],
