@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -444,17 +443,17 @@ class TrainConfig(Config):
         _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         _check(self.cpus_per_worker >= 1, f"cpus_per_worker must be >= 1, got {self.cpus_per_worker}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        for w in range(self.num_workers_min, self.num_workers_max + 1):
-            _check(
-                self.batch_size % w == 0,
-                f"--batch-size {self.batch_size} does not divide among {w} workers; choose a multiple of "
-                + ", ".join(str(x) for x in range(self.num_workers_min, self.num_workers_max + 1)),
-            )
-            if self.micro_batch_size:
-                _check(
-                    (self.batch_size // w) % self.micro_batch_size == 0,
-                    f"--micro-batch-size {self.micro_batch_size} does not divide a worker's share {self.batch_size // w} (at {w} workers)",
-                )
+        micro = self.micro_batch
+        _check(
+            self.batch_size % micro == 0,
+            f"--micro-batch-size {micro} does not divide --batch-size {self.batch_size}",
+        )
+        _check(
+            self.num_workers_max <= self.batch_size // micro,
+            f"{self.num_workers_max} workers need at least one micro-batch each, but --batch-size "
+            f"{self.batch_size} holds only {self.batch_size // micro} micro-batches of {micro}; "
+            "lower --micro-batch-size or the number of workers",
+        )
         for name in ("checkpoint_every", "log_every", "eval_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
         _check(self.max_failures >= 0, "max_failures must be >= 0")
@@ -464,11 +463,14 @@ class TrainConfig(Config):
 
     @property
     def micro_batch(self) -> int:
-        """Sequences per forward pass: the flag, or the largest size that divides every worker's share
-        at every world size in MIN..MAX (so an elastic run cuts the same micro-batches at any size)."""
+        """Sequences per forward pass, the same at every world size: the flag, or the largest divisor of
+        the global batch that gives every worker at least one micro-batch at the largest world size.
+        The global batch's micro-batches are dealt to the workers in contiguous runs (uneven when the
+        world size does not divide their number), so an elastic run may take any size in MIN..MAX."""
         if self.micro_batch_size:
             return self.micro_batch_size
-        return math.gcd(*(self.batch_size // w for w in range(self.num_workers_min, self.num_workers_max + 1)))
+        cap = max(1, self.batch_size // max(self.num_workers_max, 1))
+        return max(d for d in range(1, cap + 1) if self.batch_size % d == 0)
 
     @property
     def schedule_steps(self) -> int:

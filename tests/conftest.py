@@ -14,6 +14,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample")
+TEST_ACCESS_KEY = "AKIAELECTRARAYTEST01"
+TEST_SECRET_KEY = "electra-ray-test-secret-9f3b27c1d0"
 
 
 def _free_port() -> int:
@@ -37,8 +39,9 @@ def s3_server():
     }
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
+        # distinctive values, so tests can check that no credential is printed or written anywhere
+        AWS_ACCESS_KEY_ID=TEST_ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=TEST_SECRET_KEY,
         AWS_DEFAULT_REGION="us-east-1",
     )
     yield endpoint

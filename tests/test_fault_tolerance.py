@@ -115,3 +115,232 @@ def test_driver_killed_and_job_started_again_resumes(prepared, reference, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from the checkpoint of step" in r.stdout + r.stderr
     assert_same_as_reference(reference, os.path.join(runs, "killed"))
+
+
+def test_a_skipped_step_changes_nothing():
+    """The optimizer's masked step: bitwise no change on a non-finite gradient, the plain update otherwise."""
+    from electra_ray.train.optim import AdamNoBiasCorrection
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(6, 4) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [AdamNoBiasCorrection(n.parameters(), lr=1e-2, weight_decay=0.01) for n in nets]
+    x = torch.randn(5, 6)
+    for _ in range(3):
+        for net, opt, ok in zip(nets, opts, (None, torch.tensor(True))):
+            net(x).pow(2).sum().backward()
+            opt.step(ok=ok)
+            opt.zero_grad()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    before = [p.clone() for p in nets[1].parameters()]
+    moments = [(s["exp_avg"].clone(), s["exp_avg_sq"].clone()) for s in opts[1].state.values()]
+    (nets[1](x).sum() * float("nan")).backward()
+    opts[1].step(ok=torch.isfinite(torch.nn.utils.clip_grad_norm_(nets[1].parameters(), 1.0)))
+    assert all(torch.equal(a, b) for a, b in zip(before, nets[1].parameters()))
+    after = [(s["exp_avg"], s["exp_avg_sq"]) for s in opts[1].state.values()]
+    assert all(torch.equal(m0, m1) and torch.equal(v0, v1) for (m0, v0), (m1, v1) in zip(moments, after))
+
+
+def test_nonfinite_losses_are_skipped_then_rolled_back(prepared, tmp_path):  # noqa: F811
+    """NaN losses injected at data batches 1, 5, 6, 7: the first is skipped and counted; the next three
+    (3 since the step-4 checkpoint) roll the run back to step 4, and it finishes on the batches after them."""
+    import json
+
+    c = cfg(
+        prepared,
+        str(tmp_path),
+        "nan",
+        max_steps=12,
+        total_steps=12,
+        checkpoint_every=4,
+        log_every=2,
+        eval_every=12,
+        inject_nonfinite=(1, 5, 6, 7),
+        nonfinite_rollback=3,
+    )
+    s = pretrain(c, **quiet)
+    assert s["step"] == 12
+    final = s["final"]
+    assert final["nonfinite_steps"] == 4 and final["rollbacks"] == 1
+    assert final["data_batch"] == 16, "the four batches between the checkpoint and the rollback were skipped"
+    events = [json.loads(ln) for ln in open(os.path.join(s["run"], "events.jsonl"))]
+    assert [(e["event"], e["step"], e["rolled_back_to"]) for e in events] == [("rollback", 8, 4)]
+    steps = [json.loads(ln)["step"] for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
+    assert steps == [2, 4, 6, 8, 10, 12], "metrics.jsonl keeps the steps the model really has"
+    params = load_model_state(os.path.join(s["run"], "step_00000012"))
+    assert all(torch.isfinite(v).all() for v in params.values())
+
+    # a run that keeps diverging stops with a clear error instead of looping
+    bad = cfg(
+        prepared,
+        str(tmp_path),
+        "diverging",
+        max_steps=12,
+        checkpoint_every=4,
+        log_every=2,
+        inject_nonfinite=tuple(range(2, 40)),
+        nonfinite_rollback=2,
+        max_rollbacks=1,
+        max_failures=0,
+    )
+    with pytest.raises(Exception, match="keeps diverging"):
+        pretrain(bad, **quiet)
+
+
+class FlakyProxy:
+    """A TCP relay in front of the S3 server that can be cut: while down, open connections are
+    reset and new ones closed at once (what a client sees when the endpoint is unreachable)."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+
+        self.target = ("127.0.0.1", int(target.rsplit(":", 1)[1]))
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.up = True
+        self.refused = 0
+        self.conns: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.up:
+                self.refused += 1
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            self.conns.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.up = False
+        for pair in self.conns:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self.conns.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_s3_outage_during_checkpoint_uploads(prepared, s3_server, bucket, monkeypatch, capfd):  # noqa: F811
+    """The S3 endpoint goes away for a while right after a checkpoint is committed: the next uploads
+    retry, training goes on meanwhile, every checkpoint in the bucket is complete, the run ends with
+    the parameters of a run without the outage, and no credential is printed or written."""
+    import io
+    import json
+
+    import boto3
+    from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+
+    from electra_ray.train.checkpoint import META_FILE, MODEL_FILE, STATE_FILE
+
+    run = dict(
+        RUN, max_steps=60, total_steps=60, checkpoint_every=10, log_every=2, eval_every=60, batch_size=32
+    )
+    name = bucket.removeprefix("s3://")
+    s3 = boto3.client("s3", endpoint_url=s3_server)  # straight to the server, not through the proxy
+    pretrain(cfg(prepared, f"{bucket}/calm", "run", **run), **quiet)  # the same run without an outage
+
+    proxy = FlakyProxy(s3_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the driver and, through it, the workers
+    outage: list[float] = []
+
+    def cutter():
+        key = "outage/run/checkpoint_manager_snapshot.json"
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                snap = s3.get_object(Bucket=name, Key=key)["Body"].read().decode()
+            except s3.exceptions.NoSuchKey:
+                snap = ""
+            if "step_00000010" in snap:
+                break
+            time.sleep(0.05)
+        outage.append(time.time())
+        proxy.cut()
+        time.sleep(8)
+        proxy.restore()
+        outage.append(time.time())
+
+    t = threading.Thread(target=cutter, daemon=True)
+    t.start()
+    try:
+        s = pretrain(cfg(prepared, f"{bucket}/outage", "run", **run), **quiet)
+    finally:
+        t.join(timeout=30)
+        proxy.close()
+    assert len(outage) == 2, "the outage happened"
+    assert proxy.refused > 0, "S3 requests were refused during the outage"
+    assert s["step"] == 60
+    during = [h["step"] for h in s["history"] if outage[0] < h["time"] < outage[1]]
+    assert during and max(during) > 10, f"training went on during the outage (reports at steps {during})"
+
+    def objects(prefix):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=name, Prefix=prefix)
+        return [o["Key"] for p in pages for o in p.get("Contents", [])]
+
+    keys = objects("outage/run/")
+    ckpts = sorted({k.split("/")[2] for k in keys if k.split("/")[2].startswith("step_")})
+    assert ckpts == ["step_00000040", "step_00000050", "step_00000060"], ckpts  # keep 3
+    for c in ckpts:
+        files = {k.rsplit("/", 1)[1] for k in keys if f"/{c}/" in k} - {""}  # "" = pyarrow's folder marker
+        assert files == {MODEL_FILE, STATE_FILE, META_FILE}, (c, files)
+    got = torch.load(
+        io.BytesIO(s3.get_object(Bucket=name, Key=f"outage/run/step_00000060/{MODEL_FILE}")["Body"].read()),
+        weights_only=True,
+    )
+    want = torch.load(
+        io.BytesIO(s3.get_object(Bucket=name, Key=f"calm/run/step_00000060/{MODEL_FILE}")["Body"].read()),
+        weights_only=True,
+    )
+    assert all(torch.equal(got[k], want[k]) for k in want), "the outage did not change the model"
+    rows = [
+        json.loads(ln)
+        for ln in s3.get_object(Bucket=name, Key="outage/run/metrics.jsonl")["Body"].read().splitlines()
+    ]
+    assert [r["step"] for r in rows] == list(range(2, 61, 2)), "metrics.jsonl caught up after the outage"
+
+    # no credential anywhere in the run folder or in what the run printed
+    for k in keys:
+        blob = s3.get_object(Bucket=name, Key=k)["Body"].read()
+        assert TEST_SECRET_KEY.encode() not in blob and TEST_ACCESS_KEY.encode() not in blob, k
+    out = capfd.readouterr()
+    assert TEST_SECRET_KEY not in out.out + out.err and TEST_ACCESS_KEY not in out.out + out.err

@@ -162,16 +162,15 @@ def test_resume_with_other_settings_refuses(prepared, tmp_path):
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="does not divide among 3 workers"):
-        TrainConfig(
-            data="d",
-            tokenizer="t",
-            storage_path="s",
-            name="n",
-            batch_size=16,
-            num_workers_min=2,
-            num_workers_max=3,
-        )
+    base = dict(data="d", tokenizer="t", storage_path="s", name="n")
+    with pytest.raises(ConfigError, match="does not divide --batch-size 16"):
+        TrainConfig(**base, batch_size=16, micro_batch_size=6)
+    with pytest.raises(ConfigError, match="4 workers need at least one micro-batch each"):
+        TrainConfig(**base, batch_size=16, micro_batch_size=8, num_workers_min=2, num_workers_max=4)
+    # any world size in an elastic range: micro-batches fixed, dealt unevenly when needed
+    assert TrainConfig(**base, batch_size=128, num_workers_min=2, num_workers_max=8).micro_batch == 16
+    assert TrainConfig(**base, batch_size=128, num_workers_min=1, num_workers_max=3).micro_batch == 32
+    assert TrainConfig(**base, batch_size=128, num_workers_min=4, num_workers_max=4).micro_batch == 32
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         TrainConfig(data="d", tokenizer="t", storage_path="s", name="n", preset="huge")
     with pytest.raises(ConfigError, match="either --data"):

@@ -52,7 +52,9 @@ class Progress:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         if d.get("version") != self.VERSION:
-            raise CheckpointMismatch(f"progress state version {d.get('version')!r}, this code reads {self.VERSION}")
+            raise CheckpointMismatch(
+                f"progress state version {d.get('version')!r}, this code reads {self.VERSION}"
+            )
         for f in fields(self):
             setattr(self, f.name, int(d[f.name]))
 

@@ -111,13 +111,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     arrays = ray.get(config["data_ref"])  # zero-copy views of the object store
     train_rows, eval_rows = split_rows(arrays.n, tcfg.eval_instances, tcfg.seed)
     n_train = len(train_rows)
-    share = tcfg.batch_size // world
-    if tcfg.batch_size % world:
-        raise ValueError(f"--batch-size {tcfg.batch_size} does not divide among {world} workers")
-    micro = min(tcfg.micro_batch, share)
-    if share % micro:
-        raise ValueError(f"micro-batch {micro} does not divide a worker's share {share} at {world} workers")
-    accum = share // micro
+    micro = tcfg.micro_batch
+    n_micro = tcfg.batch_size // micro
+    if world > n_micro:
+        raise ValueError(f"{world} workers but only {n_micro} micro-batches of {micro} per global batch")
+    # this worker's contiguous run of the global batch's micro-batches (uneven when W ∤ n_micro)
+    first_micro, accum = rank * n_micro // world, (rank + 1) * n_micro // world - rank * n_micro // world
+    lo, share = first_micro * micro, accum * micro
     inject = frozenset(tcfg.inject_nonfinite)
 
     if device.type == "cpu":
@@ -237,13 +237,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         # global-batch denominators: workers and micro-steps add up to the global mean exactly
         gen_den = masks.valid.sum().clamp(min=1).to(device, torch.float32)
         disc_den = g_att.sum().clamp(min=1).to(device, torch.float32)
-        lo = rank * share
         digest += rows_digest(rows[lo : lo + share], cursor)
         data_wait += time.perf_counter() - t0
         for a in range(accum):
             r0, r1 = lo + a * micro, lo + (a + 1) * micro
             ids, types, att = g_ids[r0:r1].to(device), g_types[r0:r1].to(device), g_att[r0:r1].to(device)
-            chunk = r0 // micro  # global micro-batch index: the same rows get the same noise at any world size
+            chunk = (
+                r0 // micro
+            )  # global micro-batch index: the same rows get the same noise at any world size
             torch.manual_seed(_seed(tcfg.seed, cursor, chunk))  # dropout
             gumbel = torch.Generator(device=device)
             gumbel.manual_seed(_seed(tcfg.seed, cursor, chunk, 1))
@@ -282,7 +283,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         want_ckpt = step % tcfg.checkpoint_every == 0 or step == tcfg.max_steps
         if not (step % tcfg.log_every == 0 or want_ckpt or step % tcfg.eval_every == 0):
             continue
-        sums = torch.cat([acc, bad.view(1), torch.tensor([float(digest)], device=device, dtype=torch.float64)])
+        sums = torch.cat(
+            [acc, bad.view(1), torch.tensor([float(digest)], device=device, dtype=torch.float64)]
+        )
         if world > 1:
             dist.all_reduce(sums)  # collective: metric sums
         sums = sums.cpu()  # host sync
@@ -312,6 +315,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             sample_digest=window_digest,
             nonfinite_steps=prog.nonfinite_steps,
             rollbacks=prog.rollbacks,
+            time=time.time(),
         )
         if peak:
             metrics["mfu"] = tokens_s * flops_tok / (peak * world)
@@ -388,9 +392,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             if checkpoint is not None
             else ray.train.CheckpointUploadMode.SYNC,
             delete_local_checkpoint_after_upload=checkpoint is not None,
-            checkpoint_upload_fn=_uploader(store, tcfg.upload_retry_s) if checkpoint is not None and store else None,
+            checkpoint_upload_fn=_uploader(store, tcfg.upload_retry_s)
+            if checkpoint is not None and store
+            else None,
         )
-    return {"step": prog.step, "history": history, "rank": rank, "pid": os.getpid(), "progress": prog.state_dict()}
+    return {
+        "step": prog.step,
+        "history": history,
+        "rank": rank,
+        "pid": os.getpid(),
+        "progress": prog.state_dict(),
+    }
 
 
 def _uploader(store: dict[str, Any], retry_s: float):

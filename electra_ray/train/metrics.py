@@ -4,7 +4,8 @@
 0's metrics after every ``ray.train.report`` and writes them to the run folder (local or s3://) as
 they come, so a killed run keeps its history. A resumed run continues the files: rows at or after
 the resume step are replaced (TensorBoard's ``purge_step`` does the same for the event files).
-``plot_curves`` draws ``plots/curves.png`` from metrics.jsonl at the end of a launch.
+Rollbacks after non-finite losses are also kept in ``{run}/events.jsonl`` (metrics.jsonl keeps
+only the steps the model actually has). ``plot_curves`` draws ``plots/curves.png`` from metrics.jsonl at the end of a launch.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class MetricsLogger(_base()):
         self.writer = None
         self.tb_dir: str | None = None
         self.failing = False
+        self.events: list[dict[str, Any]] = []
 
     def _start(self, first_step: int) -> None:
         path = storage.join(self.run, "metrics.jsonl")
@@ -69,6 +71,9 @@ class MetricsLogger(_base()):
         if storage.exists(path):
             rows = [json.loads(ln) for ln in storage.read_text(path).splitlines() if ln.strip()]
         self.rows = [r for r in rows if r.get("step", 0) < first_step]
+        events = storage.join(self.run, "events.jsonl")
+        if storage.exists(events):
+            self.events = [json.loads(ln) for ln in storage.read_text(events).splitlines() if ln.strip()]
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb_dir = tempfile.mkdtemp(prefix="electra-tb-")
@@ -81,6 +86,8 @@ class MetricsLogger(_base()):
         if self.rows is None:
             self._start(int(m["step"]))
         self.rows = [r for r in self.rows if r["step"] < m["step"]] + [m]
+        if "rolled_back_to" in m:  # metrics.jsonl drops the abandoned steps; the event stays on record
+            self.events.append({"event": "rollback", **m})
         for key, value in m.items():
             if isinstance(value, (int, float)) and key != "step":
                 group = "eval" if key.startswith("eval_") else "train"
@@ -90,6 +97,10 @@ class MetricsLogger(_base()):
             storage.write_text(
                 storage.join(self.run, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows)
             )
+            if self.events:
+                storage.write_text(
+                    storage.join(self.run, "events.jsonl"), "".join(json.dumps(r) + "\n" for r in self.events)
+                )
             for f in glob.glob(os.path.join(self.tb_dir, "events.*")):
                 with open(f, "rb") as fh:
                     storage.write_bytes(storage.join(self.run, "tensorboard", os.path.basename(f)), fh.read())

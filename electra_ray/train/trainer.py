@@ -161,6 +161,8 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
         "step": ret.get("step"),
         "final": final,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "history": history,  # rank 0's reports of this launch (the last worker group's)
+        "progress": ret.get("progress"),
     }
     summary["curves"] = plot_curves(run)
     return summary
