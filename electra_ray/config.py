@@ -386,7 +386,10 @@ class TrainConfig(Config):
         metadata={"help": "global batch: sequences per optimizer step, whatever the worker count"},
     )
     micro_batch_size: int | None = field(
-        default=None, metadata={"help": "sequences per forward pass per worker (default: all of its share)"}
+        default=None,
+        metadata={
+            "help": "sequences per forward pass (default: the largest divisor of the batch giving every worker one at MAX)"
+        },
     )
     lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=10_000, metadata={"help": "linear warmup steps"})
@@ -405,6 +408,12 @@ class TrainConfig(Config):
     )
     eval_every: int = field(default=1000, metadata={"help": "steps between held-out evaluations"})
     eval_instances: int = field(default=256, metadata={"help": "instances held out for evaluation"})
+    resize_check_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "elastic runs: seconds between checks for room to grow (a resize restarts from the last checkpoint)"
+        },
+    )
     nonfinite_rollback: int = field(
         default=3,
         metadata={
@@ -413,7 +422,10 @@ class TrainConfig(Config):
         },
     )
     max_rollbacks: int = field(
-        default=3, metadata={"help": "rollbacks allowed in one launch before the run stops with an error"}
+        default=3,
+        metadata={
+            "help": "rollbacks allowed in the run (counted across relaunches) before it stops with an error"
+        },
     )
     upload_retry_s: float = field(
         default=900.0,
@@ -460,6 +472,7 @@ class TrainConfig(Config):
         _check(self.nonfinite_rollback >= 0, "nonfinite_rollback must be >= 0")
         _check(self.max_rollbacks >= 0, "max_rollbacks must be >= 0")
         _check(self.upload_retry_s >= 0, "upload_retry_s must be >= 0")
+        _check(self.resize_check_s >= 0, "resize_check_s must be >= 0")
 
     @property
     def micro_batch(self) -> int:

@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         ("nonfinite_rollback", int),
         ("max_rollbacks", int),
         ("upload_retry_s", float),
+        ("resize_check_s", float),
     ):
         p.add_argument("--" + flag.replace("_", "-"), type=typ, default=d[flag].default, help=h(flag))
     a = p.parse_args(argv)
@@ -95,6 +96,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "nonfinite_rollback",
             "max_rollbacks",
             "upload_retry_s",
+            "resize_check_s",
         )
     }
     return TrainConfig(num_workers_min=a.num_workers[0], num_workers_max=a.num_workers[1], **kw)

@@ -32,23 +32,31 @@ def reference(prepared, tmp_path_factory):  # noqa: F811
 
 
 def assert_same_as_reference(reference, run: str) -> None:
-    params = load_model_state(os.path.join(run, "step_00000040"))
+    import io
+
+    from electra_ray import storage
+
+    blob = storage.read_bytes(storage.join(run, "step_00000040", "model.pt"))
+    params = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     assert all(torch.equal(reference[k], params[k]) for k in reference), (
         "ends with the uninterrupted run's parameters"
     )
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_run_restarts_from_the_last_checkpoint(prepared, reference, tmp_path, monkeypatch):  # noqa: F811
-    runs = str(tmp_path)
+def test_worker_killed_mid_run_restarts_from_the_last_checkpoint(prepared, reference, bucket, monkeypatch):  # noqa: F811
+    """Run folder on S3 (the moto server): a training worker SIGKILLed after the first checkpoint."""
+    from electra_ray import storage
+
+    runs = f"{bucket}/runs"
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
     killed = []
 
     def killer():
-        first = os.path.join(runs, "faulty", "step_00000004", "meta.json")
+        first = f"{runs}/faulty/step_00000004/meta.json"
         deadline = time.time() + 180
-        while time.time() < deadline and not os.path.exists(first):
-            time.sleep(0.05)
+        while time.time() < deadline and not storage.exists(first):
+            time.sleep(0.1)
         for p in psutil.process_iter(["pid", "cmdline"]):
             if any("RayTrainWorker" in part for part in (p.info["cmdline"] or [])):
                 os.kill(p.info["pid"], signal.SIGKILL)
@@ -344,3 +352,41 @@ def test_s3_outage_during_checkpoint_uploads(prepared, s3_server, bucket, monkey
         assert TEST_SECRET_KEY.encode() not in blob and TEST_ACCESS_KEY.encode() not in blob, k
     out = capfd.readouterr()
     assert TEST_SECRET_KEY not in out.out + out.err and TEST_ACCESS_KEY not in out.out + out.err
+
+
+def test_resume_twice_and_at_an_epoch_boundary(prepared, tmp_path):  # noqa: F811
+    """Uninterrupted vs three launches (stopping at step 3, then exactly at the end of the first
+    epoch): the same loss and sample digest at every step, and the same final parameters, bit for bit."""
+    import json
+
+    from electra_ray.train.data import load_instances
+
+    n_train = load_instances(prepared["data"]).n - 16
+    batch = 64
+    epoch = n_train // batch  # steps per epoch; step epoch+1 draws from the next permutation
+    steps = epoch + 3
+    run = dict(
+        total_steps=steps,
+        batch_size=batch,
+        micro_batch_size=32,
+        checkpoint_every=steps,
+        log_every=1,
+        eval_every=steps,
+        eval_instances=16,
+    )
+    runs = str(tmp_path)
+    straight = pretrain(cfg(prepared, runs, "straight", max_steps=steps, **run), **quiet)
+    for stop in (3, epoch, steps):
+        again = pretrain(cfg(prepared, runs, "thrice", max_steps=stop, **run), **quiet)
+        assert again["step"] == stop
+    assert again["progress"]["cursor"] == steps and again["progress"]["sample_index"] == steps * batch
+
+    def rows(run):
+        return [json.loads(ln) for ln in open(os.path.join(run, "metrics.jsonl"))]
+
+    a, b = rows(straight["run"]), rows(again["run"])
+    assert [r["step"] for r in b] == list(range(1, steps + 1))
+    assert [(r["loss"], r["sample_digest"]) for r in a] == [(r["loss"], r["sample_digest"]) for r in b]
+    pa = load_model_state(os.path.join(straight["run"], f"step_{steps:08d}"))
+    pb = load_model_state(os.path.join(again["run"], f"step_{steps:08d}"))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)

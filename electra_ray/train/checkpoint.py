@@ -142,8 +142,8 @@ def check_compatible(
     ]
     if diffs:
         raise CheckpointMismatch(
-            "the run folder holds checkpoints of a different run; use another --name, or the same settings:\n  "
-            + "\n  ".join(diffs)
+            "the run folder holds checkpoints of a different run; use another --name, or the same settings: "
+            + "; ".join(diffs)
         )
 
 

@@ -5,10 +5,11 @@ start of segment B) and puts them in Ray's object store; workers ``ray.get`` the
 zero-copy from the node's shared memory (all of Japanese Wikipedia ≈ 0.7B tokens ≈ 1.5 GB as
 uint16). A seeded random slice of ``eval_instances`` rows is held out for evaluation.
 
-Order: a permutation of the training rows seeded by (seed, epoch); global step ``s`` takes positions
-``[s·B, (s+1)·B)`` of the epoch ``s // steps_per_epoch``. A worker of rank r in W takes rows
-``[r·B/W, (r+1)·B/W)`` of that global batch, cut into micro-batches. The checkpointed cursor is just
-the step, so a resume on any number of workers replays the same samples.
+Order: a permutation of the training rows seeded by (seed, epoch); data batch ``c`` takes positions
+``[c·B, (c+1)·B)`` of the epoch ``c // steps_per_epoch``. The global batch is cut into fixed
+micro-batches and a worker of rank r in W takes the contiguous run ``[r·n/W, (r+1)·n/W)`` of its n
+micro-batches. The checkpointed cursor c counts global batches (= the step unless a rollback skipped
+some), so a resume on any number of workers replays the same samples.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from electra_ray.train.checkpoint import (
 )
 from electra_ray.train.data import build_batch, global_rows, rows_digest, split_rows
 from electra_ray.train.metrics import peak_flops
-from electra_ray.train.optim import make_optimizer
+from electra_ray.train.optim import lr_factor, make_optimizer
 
 # the settings a resume must share with the checkpoint it continues
 RESUME_KEYS = ("batch_size", "seed", "preset", "data", "corpus", "max_seq_length")
@@ -147,6 +147,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             state = load_train_state(d)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
+            # the peak lr and weight decay are this launch's flags (a restart may lower --lr)
+            sched.base_lrs = [tcfg.lr] * len(opt.param_groups)
+            for i, group in enumerate(opt.param_groups):  # [decayed weights, biases and LayerNorms]
+                group["lr"] = tcfg.lr * lr_factor(sched.last_epoch, tcfg.warmup_steps, tcfg.schedule_steps)
+                group["weight_decay"] = tcfg.weight_decay if i == 0 else 0.0
             if "progress" in state:
                 prog.load_state_dict(state["progress"])
             else:  # checkpoints written before the progress record: the cursor was the step
@@ -401,7 +406,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "history": history,
         "rank": rank,
         "pid": os.getpid(),
-        "progress": prog.state_dict(),
+        "progress": prog.state_dict(tcfg.batch_size),
     }
 
 

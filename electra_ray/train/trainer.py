@@ -62,6 +62,26 @@ def check_data(cfg: TrainConfig, arrays, vocab_size: int, vocab_sha256: str) -> 
     return seq_len
 
 
+def check_resume(run: str, mcfg: ModelConfig, cfg: TrainConfig) -> str | None:
+    """The run folder's latest committed checkpoint (None for a new run), refused on the driver,
+    before anything is written or started, when it cannot continue this run's settings (a refusal
+    inside the workers would be retried as a failure)."""
+    from electra_ray.export import SNAPSHOT_FILE, committed_checkpoints, read_snapshot
+    from electra_ray.train.checkpoint import META_FILE, check_compatible, parse_meta
+    from electra_ray.train.loop import RESUME_KEYS
+
+    if not storage.exists(storage.join(run, SNAPSHOT_FILE)):
+        return None
+    _, latest = committed_checkpoints(read_snapshot(run), run)
+    if latest is None:
+        return None
+    meta_uri = storage.join(run, latest, META_FILE)
+    check_compatible(
+        parse_meta(storage.read_text(meta_uri), meta_uri), mcfg.to_dict(), cfg.to_dict(), RESUME_KEYS
+    )
+    return storage.join(run, latest)
+
+
 def storage_for_ray(path: str) -> dict[str, Any]:
     """RunConfig storage arguments: a pyarrow S3 filesystem (endpoint included) for s3:// paths."""
     if storage.is_remote(path):
@@ -102,6 +122,9 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
             f"instances of {seq_len} tokens exceed the {cfg.preset} preset's {mcfg.max_position_embeddings} positions"
         )
     run = run_folder(cfg)
+    resume_from = check_resume(run, mcfg, cfg)
+    if resume_from:
+        log(f"resuming from {resume_from} (the latest committed checkpoint)")
     for name in TOKENIZER_FILES:
         src = os.path.join(tok_folder, name)
         if os.path.isfile(src):
@@ -140,6 +163,11 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
             num_workers=workers,
             use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            **(
+                {"elastic_resize_monitor_interval_s": cfg.resize_check_s}
+                if cfg.num_workers_min != cfg.num_workers_max
+                else {}
+            ),
         ),
         run_config=ray.train.RunConfig(
             name=cfg.name,
