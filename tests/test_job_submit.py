@@ -1,0 +1,153 @@
+"""The jobs submitted for real: `ray start --head` (with the dashboard) on 127.0.0.1, then
+`ray job submit --working-dir . -- python jobs/…`, as a user does against a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, SAMPLE, _free_port
+from test_pretrain import prepared  # noqa: F401  (fixture re-used)
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")  # `python` in an entrypoint = this venv's
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A Ray head of its own (2 CPUs, dashboard on 127.0.0.1), stopped by killing its process group
+    (`ray stop` would stop every Ray on the machine)."""
+    port, dash = _free_port(), _free_port()
+    log = open(tmp_path_factory.mktemp("head") / "ray-start.log", "w")
+    proc = subprocess.Popen(
+        [
+            os.path.join(BIN, "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            # the job agent's HTTP port: the default (52365) is taken by the session's other Ray
+            f"--dashboard-agent-listen-port={_free_port()}",
+            "--num-cpus=2",
+            "--object-store-memory=1000000000",
+            "--disable-usage-stats",
+        ],
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, open(log.name).read()[-3000:]
+        r = subprocess.run(
+            [os.path.join(BIN, "ray"), "job", "list", "--address", address],
+            env=_env(),
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode == 0:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the Ray head's job server did not come up:\n" + open(log.name).read()[-3000:])
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def submit(address: str, *entrypoint: str) -> dict:
+    """`ray job submit --working-dir . -- python …`; returns the job's last-line JSON result."""
+    cmd = [os.path.join(BIN, "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--"]
+    for _ in range(60):
+        r = subprocess.run(
+            [*cmd, *entrypoint], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+        )
+        out = r.stdout + r.stderr
+        if "No available agent to submit job" not in out:  # the node's agent comes up after the job server
+            break
+        time.sleep(2)
+    assert r.returncode == 0, out[-4000:]
+    assert "succeeded" in out, out[-4000:]
+    lines = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+@pytest.mark.slow
+def test_jobs_submitted_to_a_ray_head(head, prepared, tmp_path):  # noqa: F811
+    # the upload leaves out history, data and the environment (.rayignore, .gitignore)
+    listing = submit(
+        head, "python", "-c", "import json, os; print(json.dumps({'files': sorted(os.listdir('.'))}))"
+    )
+    files = set(listing["files"])
+    assert {"electra_ray", "jobs", "pyproject.toml"} <= files
+    assert not files & {".git", ".venv", "data", "tests", "demo_output"}, files
+
+    dump = os.path.join(SAMPLE, "jawiki-sample-pages-articles-multistream.xml.bz2")
+    corpus = str(tmp_path / "corpus")
+    res = submit(
+        head,
+        "python",
+        "jobs/prepare_corpus.py",
+        "--dump",
+        dump,
+        "--index",
+        dump.replace(".xml.bz2", "-index.txt.bz2"),
+        "--output",
+        corpus,
+        "--pages-per-shard",
+        "50",
+    )
+    assert res["ok"] and res["counts"]["articles_kept"] == 180 and res["shards"] == 4
+    manifest = json.load(open(os.path.join(corpus, "manifest.json")))
+    assert manifest["complete"] is True
+
+    runs = str(tmp_path / "runs")
+    res = submit(
+        head,
+        "python",
+        "jobs/pretrain.py",
+        "--data",
+        prepared["data"],
+        "--tokenizer",
+        prepared["tokenizer"],
+        "--storage-path",
+        runs,
+        "--name",
+        "submitted",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "2",
+        "--eval-every",
+        "4",
+        "--eval-instances",
+        "16",
+    )
+    assert res["ok"] and res["step"] == 4
+    assert os.path.exists(os.path.join(runs, "submitted", "step_00000004", "meta.json"))
