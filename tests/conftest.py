@@ -94,3 +94,28 @@ def sample_dump():
     for p in paths.values():
         assert os.path.exists(p), f"{p} is missing: run python scripts/build_sample_dump.py"
     return paths
+
+
+@pytest.fixture(scope="session")
+def prepared(ray_local, sample_dump, tmp_path_factory):
+    """Corpus → tokenizer (2,000 entries) → 64-token instances of the sample, once per session."""
+    from electra_ray.config import CorpusConfig, InstancesConfig, TokenizerConfig
+    from electra_ray.data.pipeline import prepare_corpus
+    from electra_ray.data.tokenize import tokenize_corpus
+    from electra_ray.data.vocab import train_tokenizer
+
+    quiet = {"log": lambda *_: None}
+    root = tmp_path_factory.mktemp("pre")
+    corpus, tok, inst = str(root / "corpus"), str(root / "tok"), str(root / "inst")
+    prepare_corpus(
+        CorpusConfig(
+            dump=sample_dump["multistream"], index=sample_dump["index"], output=corpus, pages_per_shard=15
+        ),
+        **quiet,
+    )
+    train_tokenizer(
+        TokenizerConfig(corpus=corpus, output=tok, vocab_size=2000, limit_alphabet=700, heldout_fraction=0.0),
+        **quiet,
+    )
+    tokenize_corpus(InstancesConfig(corpus=corpus, tokenizer=tok, output=inst, max_seq_length=64), **quiet)
+    return {"data": inst, "tokenizer": tok, "corpus": corpus}

@@ -14,12 +14,12 @@ import sys
 
 import pytest
 from conftest import ROOT
-from test_pretrain import cfg, prepared, quiet  # noqa: F401  (fixture re-used)
+from test_pretrain import cfg, quiet
 
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.trainer import pretrain
 
-STEPS = 240
+STEPS = 160
 RUN = {
     "max_steps": STEPS,
     "total_steps": STEPS,
@@ -68,7 +68,7 @@ def test_node_loss_shrink_and_grow_keep_the_sample_stream(prepared, tmp_path):  
             "--name",
             "elastic",
             "--after",
-            "20",
+            "15",
             "--",
             *flags(c),
         ],

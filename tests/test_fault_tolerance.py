@@ -16,7 +16,7 @@ import psutil
 import pytest
 import torch
 from conftest import ROOT
-from test_pretrain import cfg, prepared, quiet  # noqa: F401  (fixture re-used)
+from test_pretrain import cfg, quiet
 
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.trainer import pretrain
@@ -362,7 +362,7 @@ def test_resume_twice_and_at_an_epoch_boundary(prepared, tmp_path):  # noqa: F81
     from electra_ray.train.data import load_instances
 
     n_train = load_instances(prepared["data"]).n - 16
-    batch = 64
+    batch = 32 * max(1, n_train // (8 * 32))  # about 8 steps per epoch
     epoch = n_train // batch  # steps per epoch; step epoch+1 draws from the next permutation
     steps = epoch + 3
     run = dict(

@@ -12,7 +12,6 @@ import time
 
 import pytest
 from conftest import ROOT, SAMPLE, _free_port
-from test_pretrain import prepared  # noqa: F401  (fixture re-used)
 
 BIN = os.path.dirname(sys.executable)
 

@@ -12,32 +12,11 @@ import torch
 from conftest import ROOT
 
 from electra_ray import storage
-from electra_ray.config import ConfigError, CorpusConfig, InstancesConfig, TokenizerConfig, TrainConfig
-from electra_ray.data.pipeline import prepare_corpus
-from electra_ray.data.tokenize import tokenize_corpus
-from electra_ray.data.vocab import train_tokenizer
+from electra_ray.config import ConfigError, TrainConfig
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.trainer import pretrain
 
 quiet = {"log": lambda *_: None}
-
-
-@pytest.fixture(scope="module")
-def prepared(ray_local, sample_dump, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pre")
-    corpus, tok, inst = str(root / "corpus"), str(root / "tok"), str(root / "inst")
-    prepare_corpus(
-        CorpusConfig(
-            dump=sample_dump["multistream"], index=sample_dump["index"], output=corpus, pages_per_shard=15
-        ),
-        **quiet,
-    )
-    train_tokenizer(
-        TokenizerConfig(corpus=corpus, output=tok, vocab_size=2000, limit_alphabet=700, heldout_fraction=0.0),
-        **quiet,
-    )
-    tokenize_corpus(InstancesConfig(corpus=corpus, tokenizer=tok, output=inst, max_seq_length=64), **quiet)
-    return {"data": inst, "tokenizer": tok, "corpus": corpus}
 
 
 def cfg(prepared, storage_path, name, **kw):
@@ -213,5 +192,7 @@ def test_cli_errors(prepared, tmp_path):
         "3",
         "--batch-size",
         "16",
+        "--micro-batch-size",
+        "8",
     )
-    assert r.returncode == 2 and "does not divide among 3 workers" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "3 workers need at least one micro-batch each" in r.stderr, r.stderr[-2000:]
