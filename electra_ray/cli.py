@@ -32,7 +32,7 @@ def init_ray() -> None:
         log_to_driver=True,
         # Credentials and the S3 endpoint must reach every worker process.
         runtime_env={"env_vars": _forwarded_env()}
-        if _forwarded_env() and not os.environ.get("RAY_ADDRESS")
+        if _forwarded_env() and os.environ.get("RAY_ADDRESS", "local") == "local"
         else None,
     )
 

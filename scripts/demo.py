@@ -78,9 +78,9 @@ def main() -> None:
         "--output",
         tokenizer,
         "--vocab-size",
-        "3000",
+        "4000",
         "--limit-alphabet",
-        "1200",
+        "1500",
         "--heldout-fraction",
         "0.1",
     )

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -72,6 +73,10 @@ def head(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # `ray start` records its address for later `ray.init()` calls; a stale record makes them hang
+    current = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    if os.path.exists(current) and open(current).read().strip().endswith(f":{port}"):
+        os.remove(current)
 
 
 def submit(address: str, *entrypoint: str) -> dict:

@@ -157,7 +157,7 @@ def test_config_errors():
 
 
 def _job(*args):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "jobs", "pretrain.py"), *args],
         capture_output=True,
