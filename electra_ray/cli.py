@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -27,14 +29,34 @@ def init_ray() -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS") or None
+    recorded = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    if address is None and not recorded_cluster_alive(recorded):
+        # `ray start` left a record of a cluster that is gone: ray.init() would wait on it for minutes
+        print(f"note: {recorded} names a Ray cluster that is not running; starting a local Ray", flush=True)
+        address = "local"
     ray.init(
-        address=os.environ.get("RAY_ADDRESS") or None,
+        address=address,
         log_to_driver=True,
         # Credentials and the S3 endpoint must reach every worker process.
         runtime_env={"env_vars": _forwarded_env()}
         if _forwarded_env() and os.environ.get("RAY_ADDRESS", "local") == "local"
         else None,
     )
+
+
+def recorded_cluster_alive(path: str, timeout: float = 2.0) -> bool:
+    """False when ``path`` (Ray's record of the last ``ray start --head``) names an address nobody
+    listens on; True when it is reachable or there is no record."""
+    try:
+        with open(path) as f:
+            host, _, port = f.read().strip().rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _forwarded_env() -> dict[str, str]:

@@ -155,3 +155,22 @@ def test_jobs_submitted_to_a_ray_head(head, prepared, tmp_path):  # noqa: F811
     )
     assert res["ok"] and res["step"] == 4
     assert os.path.exists(os.path.join(runs, "submitted", "step_00000004", "meta.json"))
+
+
+def test_a_stale_ray_start_record_is_recognized(tmp_path):
+    """A record left by a `ray start` whose cluster is gone must not make plain job runs wait on it."""
+    import socket
+
+    from electra_ray.cli import recorded_cluster_alive
+
+    record = tmp_path / "ray_current_cluster"
+    assert recorded_cluster_alive(str(record)), "no record: nothing to avoid"
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        record.write_text(f"127.0.0.1:{listening.getsockname()[1]}")
+        assert recorded_cluster_alive(str(record))
+    record.write_text(f"127.0.0.1:{_free_port()}")  # nobody listens there
+    assert not recorded_cluster_alive(str(record))
+    record.write_text("garbage")
+    assert not recorded_cluster_alive(str(record))
