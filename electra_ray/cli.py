@@ -22,6 +22,10 @@ from electra_ray.storage import StorageError
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, StorageError, FileNotFoundError, PermissionError)
 
 
+# where `ray start --head` records its address for later `ray.init()` calls
+RAY_CLUSTER_RECORD = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+
+
 def init_ray() -> None:
     """Connect to the running cluster (``RAY_ADDRESS`` or a local ``ray start``), else start a local Ray."""
     import ray
@@ -30,10 +34,12 @@ def init_ray() -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS") or None
-    recorded = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
-    if address is None and not recorded_cluster_alive(recorded):
+    if address is None and not recorded_cluster_alive(RAY_CLUSTER_RECORD):
         # `ray start` left a record of a cluster that is gone: ray.init() would wait on it for minutes
-        print(f"note: {recorded} names a Ray cluster that is not running; starting a local Ray", flush=True)
+        print(
+            f"note: {RAY_CLUSTER_RECORD} names a Ray cluster that is not running; starting a local Ray",
+            flush=True,
+        )
         address = "local"
     ray.init(
         address=address,

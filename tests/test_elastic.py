@@ -14,7 +14,7 @@ import sys
 
 import pytest
 from conftest import ROOT
-from test_pretrain import cfg, quiet
+from test_pretrain import cfg, cli_args, quiet
 
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.trainer import pretrain
@@ -30,26 +30,6 @@ RUN = {
     "eval_every": STEPS,
     "keep_checkpoints": 2,
 }
-
-
-def flags(c) -> list[str]:
-    out = ["--data", c.data, "--tokenizer", c.tokenizer, "--preset", c.preset]
-    for name in (
-        "max_steps",
-        "total_steps",
-        "batch_size",
-        "micro_batch_size",
-        "lr",
-        "warmup_steps",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "log_every",
-        "eval_every",
-        "eval_instances",
-        "seed",
-    ):
-        out += ["--" + name.replace("_", "-"), str(getattr(c, name))]
-    return out
 
 
 @pytest.mark.slow
@@ -70,7 +50,7 @@ def test_node_loss_shrink_and_grow_keep_the_sample_stream(prepared, tmp_path):  
             "--after",
             "15",
             "--",
-            *flags(c),
+            *cli_args(c),
         ],
         capture_output=True,
         text=True,

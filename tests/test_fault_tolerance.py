@@ -16,7 +16,7 @@ import psutil
 import pytest
 import torch
 from conftest import ROOT
-from test_pretrain import cfg, quiet
+from test_pretrain import cfg, cli_args, quiet
 
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.trainer import pretrain
@@ -79,32 +79,7 @@ def test_driver_killed_and_job_started_again_resumes(prepared, reference, tmp_pa
     the run from the last committed checkpoint, with the uninterrupted run's parameters."""
     runs = str(tmp_path)
     c = cfg(prepared, runs, "killed", **RUN)
-    args = [
-        "--data",
-        c.data,
-        "--tokenizer",
-        c.tokenizer,
-        "--storage-path",
-        runs,
-        "--name",
-        "killed",
-        "--preset",
-        c.preset,
-    ]
-    for flag in (
-        "max_steps",
-        "total_steps",
-        "batch_size",
-        "micro_batch_size",
-        "lr",
-        "warmup_steps",
-        "checkpoint_every",
-        "log_every",
-        "eval_every",
-        "eval_instances",
-        "seed",
-    ):
-        args += ["--" + flag.replace("_", "-"), str(getattr(c, flag))]
+    args = [*cli_args(c), "--storage-path", runs, "--name", "killed"]
     job = [sys.executable, os.path.join(ROOT, "jobs", "pretrain.py"), *args]
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -74,9 +73,10 @@ def head(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     # `ray start` records its address for later `ray.init()` calls; a stale record makes them hang
-    current = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
-    if os.path.exists(current) and open(current).read().strip().endswith(f":{port}"):
-        os.remove(current)
+    from electra_ray.cli import RAY_CLUSTER_RECORD
+
+    if os.path.exists(RAY_CLUSTER_RECORD) and open(RAY_CLUSTER_RECORD).read().strip().endswith(f":{port}"):
+        os.remove(RAY_CLUSTER_RECORD)
 
 
 def submit(address: str, *entrypoint: str) -> dict:

@@ -40,6 +40,28 @@ def cfg(prepared, storage_path, name, **kw):
     )
 
 
+def cli_args(c: TrainConfig) -> list[str]:
+    """jobs/pretrain.py flags for ``c``'s data, tokenizer, preset and training settings (the caller
+    adds --storage-path and --name)."""
+    args = ["--data", c.data, "--tokenizer", c.tokenizer, "--preset", c.preset]
+    for name in (
+        "max_steps",
+        "total_steps",
+        "batch_size",
+        "micro_batch_size",
+        "lr",
+        "warmup_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "eval_every",
+        "eval_instances",
+        "seed",
+    ):
+        args += ["--" + name.replace("_", "-"), str(getattr(c, name))]
+    return args
+
+
 def params(run: str, step: int) -> dict[str, torch.Tensor]:
     return load_model_state(os.path.join(run, f"step_{step:08d}"))
 

@@ -37,62 +37,44 @@ class AdamNoBiasCorrection(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if ok is not None:
-            return self._masked_step(ok)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            ms, vs = [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                ms.append(state["exp_avg"])
-                vs.append(state["exp_avg_sq"])
-            b1, b2 = group["betas"]
-            torch._foreach_lerp_(ms, grads, 1 - b1)  # m = b1·m + (1-b1)·g
-            torch._foreach_mul_(vs, b2)
+            ms, vs = self._moments(params)
+            b1, b2, lr = *group["betas"], group["lr"]
+            if ok is None:
+                grads = [p.grad for p in params]
+                torch._foreach_lerp_(ms, grads, 1 - b1)  # m = b1·m + (1-b1)·g
+                torch._foreach_mul_(vs, b2)
+            else:
+                okf = ok.to(params[0].dtype)
+                grads = [torch.nan_to_num_(p.grad, 0.0, 0.0, 0.0) for p in params]
+                torch._foreach_mul_(grads, okf)  # a skipped step sees a zero gradient...
+                # ...and keeps its moments: m ← m·(1 − (1−β₁)·ok) + (1−β₁)·g, likewise v
+                torch._foreach_mul_(ms, 1 - (1 - b1) * okf)
+                torch._foreach_add_(ms, grads, alpha=1 - b1)
+                torch._foreach_mul_(vs, 1 - (1 - b2) * okf)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
             denom = torch._foreach_sqrt(vs)
             torch._foreach_add_(denom, group["eps"])
             update = torch._foreach_div(ms, denom)
             if group["weight_decay"]:
                 torch._foreach_add_(update, params, alpha=group["weight_decay"])
-            torch._foreach_add_(params, update, alpha=-group["lr"])
+            if ok is None:
+                torch._foreach_add_(params, update, alpha=-lr)
+            else:
+                torch._foreach_mul_(update, okf * lr)  # ...and does not move the parameters
+                torch._foreach_sub_(params, update)
         return loss
 
-    def _masked_step(self, ok: torch.Tensor) -> None:
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            okf = ok.to(params[0].dtype)
-            grads = [torch.nan_to_num_(p.grad, 0.0, 0.0, 0.0) for p in params]
-            torch._foreach_mul_(grads, okf)  # a skipped step sees a zero gradient...
-            ms, vs = [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                ms.append(state["exp_avg"])
-                vs.append(state["exp_avg_sq"])
-            b1, b2 = group["betas"]
-            # ...and keeps its moments: m ← m·(1 − (1−β₁)·ok) + (1−β₁)·g, likewise v
-            torch._foreach_mul_(ms, 1 - (1 - b1) * okf)
-            torch._foreach_add_(ms, grads, alpha=1 - b1)
-            torch._foreach_mul_(vs, 1 - (1 - b2) * okf)
-            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-            denom = torch._foreach_sqrt(vs)
-            torch._foreach_add_(denom, group["eps"])
-            update = torch._foreach_div(ms, denom)
-            if group["weight_decay"]:
-                torch._foreach_add_(update, params, alpha=group["weight_decay"])
-            torch._foreach_mul_(update, okf * group["lr"])  # ...and does not move the parameters
-            torch._foreach_sub_(params, update)
+    def _moments(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The first and second moments of ``params`` (zeros on the first step)."""
+        for p in params:
+            if not self.state[p]:
+                self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -66,13 +66,14 @@ def check_resume(run: str, mcfg: ModelConfig, cfg: TrainConfig) -> str | None:
     """The run folder's latest committed checkpoint (None for a new run), refused on the driver,
     before anything is written or started, when it cannot continue this run's settings (a refusal
     inside the workers would be retried as a failure)."""
-    from electra_ray.export import SNAPSHOT_FILE, committed_checkpoints, read_snapshot
+    from electra_ray.export import committed_checkpoints, read_snapshot
     from electra_ray.train.checkpoint import META_FILE, check_compatible, parse_meta
     from electra_ray.train.loop import RESUME_KEYS
 
-    if not storage.exists(storage.join(run, SNAPSHOT_FILE)):
+    snapshot = read_snapshot(run)
+    if snapshot is None:
         return None
-    _, latest = committed_checkpoints(read_snapshot(run), run)
+    _, latest = committed_checkpoints(snapshot, run)
     if latest is None:
         return None
     meta_uri = storage.join(run, latest, META_FILE)
