@@ -1,15 +1,23 @@
-"""Training step speed on CPU: our loop under Ray Train vs the same loop in plain PyTorch vs a
-straightforward transformers implementation.
+"""Training step speed: the fast step vs the plain eager step vs a straightforward transformers
+implementation, on the CPU or a GPU; on the CPU also our loop under Ray Train (its overhead).
 
-    python benchmarks/bench_train.py [--presets tiny,small] [--steps 6]
+    python benchmarks/bench_train.py --device cuda --preset small,base [--quick]
+    python benchmarks/bench_train.py --device cpu --preset tiny,small [--variants plain,hf,ray]
 
-(a) ``ray``:   jobs' loop (train/loop.py) under Ray Train, 1 worker with both CPUs; tokens/s as the loop measures
-               it between reports (start-up excluded)
-(b) ``plain``: the same model, masking, loss and optimizer in a plain PyTorch loop, no Ray
-(c) ``hf``:    a straightforward implementation: full-vocabulary generator logits at every
-               position, torch's Adam, ``.item()`` every step
-Each variant runs in its own process (peak RSS = that process's maxrss; for (a) the worker's is not
-included). Random token ids, full 128-token sequences. The last line is one JSON object.
+(fast)     train/fast.py: compiled forward+loss and update (Inductor, static shapes), CUDA graphs on
+           a GPU, batches gathered and masked on the device from the token ids resident there,
+           metrics summed on the device
+(compiled) the same without CUDA graphs (a diagnostic: what the graphs add)
+(plain)    the same model, masking, loss and optimizer run eagerly, batches built on the host
+           (bf16 autocast on a GPU): the loop's step without --fast-step
+(hf)       a straightforward implementation: full-vocabulary generator logits at every
+           position, sampling over the full vocabulary, torch's AdamW, ``.item()`` every step
+           (bf16 autocast on a GPU)
+(ray)      CPU only: train/loop.py under Ray Train, 1 worker with both CPUs; tokens/s as the loop
+           measures it between reports (start-up excluded)
+Each variant runs in its own process (peak memory: CUDA's max allocated, or the process's max RSS).
+Random token ids, full sequences. MFU counts both networks (model.electra.flops_per_token) against
+the card's dense bf16 peak. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -27,115 +35,240 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-BATCH = {"tiny": 32, "small": 16}
+CPU_BATCH = {"tiny": 32, "small": 16, "small-samegen": 16, "base": 8}
 SEQ = 128
 VOCAB = 32768
+SPECIAL = (1, 2, 3, 4)  # [CLS] [SEP] [PAD] [MASK]
 
 
-def arrays(n: int, seed: int = 0):
+def arrays(n: int, seq: int = SEQ, seed: int = 0):
     import numpy as np
 
     from electra_ray.train.data import InstanceArrays
 
     rng = np.random.default_rng(seed)
-    ids = rng.integers(15, VOCAB, size=(n, SEQ), dtype=np.int64).astype(np.uint16)
-    ids[:, 0], ids[:, SEQ // 2], ids[:, -1] = 1, 2, 2  # [CLS] A [SEP] B [SEP]
-    offsets = np.arange(n + 1, dtype=np.int64) * SEQ
-    return InstanceArrays(ids.reshape(-1), offsets, np.full(n, SEQ // 2 + 1, dtype=np.int32))
+    ids = rng.integers(15, VOCAB, size=(n, seq), dtype=np.int64).astype(np.uint16)
+    ids[:, 0], ids[:, seq // 2], ids[:, -1] = 1, 2, 2  # [CLS] A [SEP] B [SEP]
+    offsets = np.arange(n + 1, dtype=np.int64) * seq
+    return InstanceArrays(ids.reshape(-1), offsets, np.full(n, seq // 2 + 1, dtype=np.int32))
 
 
-def run_plain(preset: str, steps: int) -> dict:
+def _setup(preset: str, device: str, batch: int, steps: int):
     import torch
 
     from electra_ray.config import model_preset
+
+    torch.manual_seed(0)
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    cfg = model_preset(preset, vocab_size=VOCAB, pad_token_id=3, max_position_embeddings=max(SEQ, 128))
+    return cfg, arrays(batch * (steps + 8))
+
+
+def _result(device: str, times: float, steps: int, batch: int, cfg, extra: dict | None = None) -> dict:
+    import torch
+
+    from electra_ray.model.electra import flops_per_token
+    from electra_ray.train.metrics import peak_flops
+
+    dt = times / steps
+    tokens_s = batch * SEQ / dt
+    res = {"step_s": dt, "steps_per_s": 1 / dt, "tokens_per_s": tokens_s, "batch": batch}
+    res["tflops_per_s"] = tokens_s * flops_per_token(cfg, SEQ) / 1e12
+    peak = peak_flops(torch.device(device))
+    if peak:
+        res["mfu"] = res["tflops_per_s"] * 1e12 / peak
+    if device == "cuda":
+        res["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        res["gpu"] = torch.cuda.get_device_name()
+    res.update(extra or {})
+    return res
+
+
+class _Clock:
+    """Wall time of a window of steps: synchronises the device at the window's ends only."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def now(self) -> float:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def run_plain(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
+    import torch
+
     from electra_ray.model.electra import ElectraPretrainer
     from electra_ray.model.masking import draw_masks, step_generator
     from electra_ray.train.data import build_batch, global_rows
     from electra_ray.train.optim import make_optimizer
 
-    torch.manual_seed(0)
-    cfg = model_preset(preset, vocab_size=VOCAB, pad_token_id=3)
-    b = BATCH[preset]
-    arr = arrays(b * (steps + 2))
-    model = ElectraPretrainer(cfg)
+    cfg, arr = _setup(preset, device, batch, steps + warmup)
+    dev = torch.device(device)
+    model = ElectraPretrainer(cfg).to(dev)
+    model.tie()
     opt, sched = make_optimizer(
-        model, lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=10, total=1000
+        model, lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=10, total=10**6
     )
-    times = []
-    for step in range(steps + 1):
-        t = time.perf_counter()
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    acc = torch.zeros(8, device=dev, dtype=torch.float64)
+    clock = _Clock(device)
+    for step in range(warmup + steps):
+        if step == warmup:
+            t0 = clock.now()
         ids, types, att = (
-            torch.from_numpy(x) for x in build_batch(arr, global_rows(step, b, arr.n, 0), SEQ, 3)
+            torch.from_numpy(x) for x in build_batch(arr, global_rows(step, batch, arr.n, 0), SEQ, 3)
         )
         m = draw_masks(
             ids,
             att,
-            (1, 2, 3, 4),
+            SPECIAL,
             mask_prob=0.15,
             mask_token_prob=0.85,
             max_predictions=cfg.max_predictions(SEQ),
             generator=step_generator(0, step),
         )
-        out = model(ids, types, att, m, 4, generator=torch.Generator().manual_seed(step))
+        torch.manual_seed(step)
+        with amp:
+            out = model(ids.to(dev), types.to(dev), att.to(dev), m.to(dev), 4)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        acc += out.metrics()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(ok=torch.isfinite(norm))
         sched.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
-    dt = sum(times[1:]) / steps  # first step excluded (warm-up)
-    return {"step_s": dt, "tokens_per_s": b * SEQ / dt}
+    t1 = clock.now()
+    return _result(device, t1 - t0, steps, batch, cfg, {"gen_loss": float(acc[0] / acc[1])})
 
 
-def run_hf(preset: str, steps: int) -> dict:
+def run_fast(preset: str, device: str, batch: int, steps: int, warmup: int, graphs: bool = True) -> dict:
+    import torch
+
+    from electra_ray.model.electra import ElectraPretrainer
+    from electra_ray.train.data import epoch_order
+    from electra_ray.train.fast import DeviceInstances, FastStep
+    from electra_ray.train.optim import lr_factor, make_optimizer
+
+    cfg, arr = _setup(preset, device, batch, steps + warmup)
+    dev = torch.device(device)
+    model = ElectraPretrainer(cfg).to(dev)
+    model.tie()
+    opt, _ = make_optimizer(
+        model, lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=10, total=10**6
+    )
+    data = DeviceInstances(arr, dev)
+    slots = cfg.max_predictions(SEQ)
+    fast = FastStep(
+        model,
+        model,
+        opt,
+        device=dev,
+        micro=batch,
+        seq_len=SEQ,
+        slots=slots,
+        mask_id=4,
+        clip_norm=1.0,
+        graphs=graphs and device == "cuda",
+    )
+    compile_s = fast.warm_up()
+    order = data.rows_of_epoch(0, epoch_order(arr.n, 0, 0))
+    clock = _Clock(device)
+    events = []
+    for step in range(warmup + steps):
+        if step == warmup:
+            t0 = clock.now()
+        if device == "cuda" and step >= warmup:
+            e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            e[0].record()
+        h0 = time.perf_counter()
+        ids, types, att = data.batch(order[step * batch : (step + 1) * batch], SEQ, 3)
+        m = data.masks(
+            ids, att, SPECIAL, seed=0, key=step, mask_prob=0.15, mask_token_prob=0.85, max_predictions=slots
+        )
+        gen_den = m.valid.sum().clamp(min=1).float()
+        disc_den = att.sum().clamp(min=1).float()
+        host_data = time.perf_counter() - h0
+        if device == "cuda" and step >= warmup:
+            e[1].record()
+        fast.micro_step(ids, types, att, m, gen_den, disc_den, seed=step)
+        fast.step(5e-4 * lr_factor(step, 10, 10**6))
+        if device == "cuda" and step >= warmup:
+            e[2].record()
+            events.append((e, host_data))
+    t1 = clock.now()
+    extra = {"compile_s": compile_s, **fast.state(), "gen_loss": float(fast.acc[0] / fast.acc[1])}
+    if events:
+        data_ms = sum(e[0].elapsed_time(e[1]) for e, _ in events)
+        step_ms = sum(e[0].elapsed_time(e[2]) for e, _ in events)
+        extra["data_gpu_share"] = data_ms / step_ms
+    return _result(device, t1 - t0, steps, batch, cfg, extra)
+
+
+def run_compiled(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
+    return run_fast(preset, device, batch, steps, warmup, graphs=False)
+
+
+def run_hf(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
     import torch
     import torch.nn.functional as F
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-    from electra_ray.config import model_preset
     from electra_ray.model.electra import hf_configs
     from electra_ray.train.data import build_batch, global_rows
 
-    torch.manual_seed(0)
-    cfg = model_preset(preset, vocab_size=VOCAB, pad_token_id=3)
+    cfg, arr = _setup(preset, device, batch, steps + warmup)
+    dev = torch.device(device)
     gen_cfg, disc_cfg = hf_configs(cfg)
-    gen, disc = ElectraForMaskedLM(gen_cfg), ElectraForPreTraining(disc_cfg)
+    gen, disc = ElectraForMaskedLM(gen_cfg).to(dev), ElectraForPreTraining(disc_cfg).to(dev)
     disc.electra.embeddings = gen.electra.embeddings
     params = list({id(p): p for p in list(gen.parameters()) + list(disc.parameters())}.values())
     opt = torch.optim.AdamW(params, lr=5e-4, eps=1e-6, weight_decay=0.01)
-    b = BATCH[preset]
-    arr = arrays(b * (steps + 2))
-    times = []
-    for step in range(steps + 1):
-        t = time.perf_counter()
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    clock = _Clock(device)
+    for step in range(warmup + steps):
+        if step == warmup:
+            t0 = clock.now()
         ids, types, att = (
-            torch.from_numpy(x) for x in build_batch(arr, global_rows(step, b, arr.n, 0), SEQ, 3)
+            torch.from_numpy(x).to(dev) for x in build_batch(arr, global_rows(step, batch, arr.n, 0), SEQ, 3)
         )
         special = (ids == 1) | (ids == 2) | (att == 0)
-        mask = (torch.rand(ids.shape) < 0.15) & ~special
-        masked = torch.where(mask & (torch.rand(ids.shape) < 0.85), torch.full_like(ids, 4), ids)
+        mask = (torch.rand(ids.shape, device=dev) < 0.15) & ~special
+        masked = torch.where(mask & (torch.rand(ids.shape, device=dev) < 0.85), torch.full_like(ids, 4), ids)
         labels = torch.where(mask, ids, torch.full_like(ids, -100))
-        logits = gen(
-            input_ids=masked, attention_mask=att, token_type_ids=types
-        ).logits  # full vocab, every position
-        gen_loss = F.cross_entropy(logits.view(-1, VOCAB), labels.view(-1), ignore_index=-100)
+        with amp:
+            logits = gen(input_ids=masked, attention_mask=att, token_type_ids=types).logits  # full vocab
+        gen_loss = F.cross_entropy(logits.float().view(-1, VOCAB), labels.view(-1), ignore_index=-100)
         with torch.no_grad():
             sampled = torch.distributions.Categorical(logits=logits.float()).sample()
             fake = torch.where(mask, sampled, ids)
-        d = disc(input_ids=fake, attention_mask=att, token_type_ids=types).logits
-        disc_loss = F.binary_cross_entropy_with_logits(d[att.bool()], (fake != ids).float()[att.bool()])
+        with amp:
+            d = disc(input_ids=fake, attention_mask=att, token_type_ids=types).logits
+        disc_loss = F.binary_cross_entropy_with_logits(
+            d.float()[att.bool()], (fake != ids).float()[att.bool()]
+        )
         loss = gen_loss + 50 * disc_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss.item()  # the per-step host sync straightforward loops do
-        times.append(time.perf_counter() - t)
-    dt = sum(times[1:]) / steps
-    return {"step_s": dt, "tokens_per_s": b * SEQ / dt}
+    t1 = clock.now()
+    return _result(device, t1 - t0, steps, batch, cfg)
 
 
-def run_ray(preset: str, steps: int) -> dict:
+def run_ray(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
     import numpy as np
     import pyarrow as pa
     import ray
@@ -146,8 +279,10 @@ def run_ray(preset: str, steps: int) -> dict:
     from electra_ray.tokenization.vocab import write_tokenizer_folder
     from electra_ray.train.trainer import pretrain
 
+    if device != "cpu":
+        raise ValueError("the Ray Train variant is measured on the CPU")
     tmp = tempfile.mkdtemp(prefix="bench-train-")
-    b = BATCH[preset]
+    b = batch
     arr = arrays(b * (steps + 2) + 8)
     inst = [
         (
@@ -189,27 +324,57 @@ def run_ray(preset: str, steps: int) -> dict:
     # the first report spans compilation/warm-up steps; the following ones are steady state
     steady = [h for h in hist if h["step"] > 1 + log_every] or hist[-1:]
     tps = sum(h["tokens_per_s"] for h in steady) / len(steady)
-    return {"step_s": b * SEQ / tps, "tokens_per_s": tps}
+    from electra_ray.config import model_preset
+
+    cfg = model_preset(preset, vocab_size=VOCAB, pad_token_id=3)
+    return _result(device, b * SEQ / tps, 1, b, cfg)
 
 
-def child(variant: str, preset: str, steps: int) -> None:
-    fn = {"plain": run_plain, "hf": run_hf, "ray": run_ray}[variant]
-    res = fn(preset, steps)
+VARIANTS = {"fast": run_fast, "compiled": run_compiled, "plain": run_plain, "hf": run_hf, "ray": run_ray}
+
+
+def child(spec: str) -> None:
+    a = json.loads(spec)
+    res = VARIANTS[a["variant"]](a["preset"], a["device"], a["batch"], a["steps"], a["warmup"])
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(res))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", default="tiny,small")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--_child", nargs=3, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument(
+        "--preset",
+        "--presets",
+        dest="preset",
+        default=None,
+        help="preset(s), comma-separated (default: tiny,small on the CPU, small,base on a GPU)",
+    )
+    ap.add_argument(
+        "--variants", default=None, help="comma-separated (default: fast,plain,hf; on the CPU also ray)"
+    )
+    ap.add_argument("--batch", type=int, default=None, help="sequences per step (default: 128 on a GPU)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant")
+    ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per variant before it is abandoned")
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child:
-        return child(a._child[0], a._child[1], int(a._child[2]))
+        return child(a._child)
     import torch
 
+    gpu = a.device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is visible to torch")
+    presets = (a.preset or ("small,base" if gpu else "tiny,small")).split(",")
+    variants = (a.variants or ("fast,plain,hf" if gpu else "fast,plain,hf,ray")).split(",")
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    steps = a.steps or ((20 if a.quick else 100) if gpu else (2 if a.quick else 6))
+    warmup = (5 if a.quick else 10) if gpu else 1
     figures: dict = {
+        "device": torch.cuda.get_device_name() if gpu else "cpu",
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
@@ -218,35 +383,62 @@ def main() -> None:
         },
         "seq_len": SEQ,
         "vocab": VOCAB,
+        "steps": steps,
     }
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    for preset in a.presets.split(","):
-        res = {}
-        for variant in ("plain", "hf", "ray"):
-            r = subprocess.run(
-                [sys.executable, __file__, "--_child", variant, preset, str(a.steps)],
-                capture_output=True,
-                text=True,
-                env=env,
+    for preset in presets:
+        batch = a.batch or (128 if gpu else CPU_BATCH.get(preset, 8))
+        res: dict = {}
+        for variant in variants:
+            spec = dict(
+                variant=variant, preset=preset, device=a.device, batch=batch, steps=steps, warmup=warmup
             )
-            if r.returncode != 0:
-                print(f"{preset}/{variant} failed: {r.stderr[-1500:]}", flush=True)
+            t = time.perf_counter()
+            try:
+                r = subprocess.run(
+                    [sys.executable, __file__, "--_child", json.dumps(spec)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=a.timeout,
+                )
+            except subprocess.TimeoutExpired:
+                print(f"{preset}/{variant}: abandoned after {a.timeout:.0f} s", flush=True)
                 continue
-            res[variant] = json.loads(r.stdout.strip().splitlines()[-1])
+            if r.returncode != 0:
+                print(f"{preset}/{variant} failed: {r.stderr[-3000:]}", flush=True)
+                continue
+            res[variant] = v = json.loads(r.stdout.strip().splitlines()[-1])
+            mem = v.get("peak_mem_mb", v["peak_rss_mb"])
+            more = "".join(
+                f", {k} {v[k]:.3g}" for k in ("mfu", "compile_s", "data_gpu_share", "gen_loss") if k in v
+            )
             print(
-                f"{preset:6s} {variant:6s} batch {BATCH[preset]}×{SEQ}: {res[variant]['tokens_per_s']:8.0f} tokens/s, "
-                f"{res[variant]['step_s'] * 1000:7.1f} ms/step, peak RSS {res[variant]['peak_rss_mb']:.0f} MB",
+                f"{preset:6s} {variant:8s} {batch}×{SEQ}: {v['steps_per_s']:8.2f} steps/s, "
+                f"{v['tokens_per_s']:10.0f} tokens/s, {v['tflops_per_s']:7.2f} TFLOP/s, "
+                f"peak {'GPU' if 'peak_mem_mb' in v else 'RSS'} {mem:.0f} MB{more} "
+                f"({time.perf_counter() - t:.0f} s with start-up)",
                 flush=True,
             )
         if "plain" in res and "ray" in res:
             res["ray_overhead"] = round(res["plain"]["tokens_per_s"] / res["ray"]["tokens_per_s"] - 1, 4)
+        for other in ("plain", "hf"):
+            if "fast" in res and other in res:
+                res[f"fast_vs_{other}"] = round(res["fast"]["steps_per_s"] / res[other]["steps_per_s"], 3)
         if "plain" in res and "hf" in res:
-            res["plain_vs_hf"] = round(res["plain"]["tokens_per_s"] / res["hf"]["tokens_per_s"], 3)
+            res["plain_vs_hf"] = round(res["plain"]["steps_per_s"] / res["hf"]["steps_per_s"], 3)
         print(
-            f"{preset}: Ray Train overhead {res.get('ray_overhead')}, ours vs straightforward transformers {res.get('plain_vs_hf')}x",
+            f"{preset}: " + ", ".join(f"{k} {res[k]}" for k in res if not isinstance(res[k], dict)),
             flush=True,
         )
         figures[preset] = res
+    first = figures[presets[0]]
+    for v in ("fast", "compiled", "plain", "hf", "ray"):
+        figures[f"{v}_steps_per_s"] = first.get(v, {}).get("steps_per_s")
+    best = first.get("fast") or first.get("plain") or {}
+    figures["preset"] = presets[0]
+    figures["tokens_per_s"] = best.get("tokens_per_s")
+    figures["mfu"] = best.get("mfu")
     print(json.dumps(figures))
 
 

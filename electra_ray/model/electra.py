@@ -59,6 +59,19 @@ def hf_configs(cfg: ModelConfig):
     return gen, disc
 
 
+# the step's metric sums, in the order of StepOutput.metrics()
+METRIC_NAMES = (
+    "gen_loss_sum",
+    "n_masked",
+    "disc_loss_sum",
+    "n_tokens",
+    "gen_correct",
+    "disc_correct",
+    "replaced",
+    "replaced_found",
+)
+
+
 @dataclass
 class StepOutput:
     loss: torch.Tensor
@@ -73,6 +86,10 @@ class StepOutput:
     n_tokens: torch.Tensor
     replaced: torch.Tensor
     replaced_found: torch.Tensor
+
+    def metrics(self) -> torch.Tensor:
+        """The metric sums as one float64 vector on the device (METRIC_NAMES order)."""
+        return torch.stack([getattr(self, n).double() for n in METRIC_NAMES])
 
 
 class ElectraPretrainer(nn.Module):

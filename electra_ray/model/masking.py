@@ -31,8 +31,8 @@ class Masks:
         return Masks(self.positions[start:end], self.valid[start:end], self.show_mask[start:end])
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    g = torch.Generator(device="cpu")
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + step * 7_919) % (2**63 - 1))
     return g
 
@@ -47,21 +47,23 @@ def draw_masks(
     max_predictions: int,
     generator: torch.Generator,
 ) -> Masks:
-    """Masks for a (global) batch, drawn on the CPU from ``generator``."""
-    ids = input_ids.cpu()
-    cand = attention_mask.cpu().bool()
+    """Masks for a (global) batch, drawn from ``generator`` on its device (the CPU for the plain
+    loop; the GPU for the fast step, whose batches never leave the device)."""
+    dev = generator.device
+    ids = input_ids.to(dev)
+    cand = attention_mask.to(dev).bool()
     for s in special_ids:
         cand &= ids != s
     b, seq_len = ids.shape
     m = min(max_predictions, seq_len)
-    scores = torch.rand((b, seq_len), generator=generator)
-    show = torch.rand((b, m), generator=generator) < mask_token_prob
+    scores = torch.rand((b, seq_len), generator=generator, device=dev)
+    show = torch.rand((b, m), generator=generator, device=dev) < mask_token_prob
     scores = torch.where(cand, scores, torch.full_like(scores, -1.0))
     positions = scores.topk(m, dim=1).indices  # candidates first (score ≥ 0), in random order
     n_cand = cand.sum(1)
     n = torch.clamp(torch.round(n_cand.float() * mask_prob).long(), min=1, max=m)
     n = torch.where(n_cand > 0, torch.minimum(n, n_cand), torch.zeros_like(n))
-    valid = torch.arange(m).unsqueeze(0) < n.unsqueeze(1)
+    valid = torch.arange(m, device=dev).unsqueeze(0) < n.unsqueeze(1)
     return Masks(positions, valid, show & valid)
 
 

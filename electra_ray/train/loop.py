@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from electra_ray.config import ModelConfig, TrainConfig
-from electra_ray.model.electra import ElectraPretrainer, flops_per_token
+from electra_ray.model.electra import METRIC_NAMES, ElectraPretrainer, flops_per_token
 from electra_ray.model.masking import draw_masks, step_generator
 from electra_ray.train.checkpoint import (
     Progress,
@@ -49,16 +49,6 @@ from electra_ray.train.optim import lr_factor, make_optimizer
 
 # the settings a resume must share with the checkpoint it continues
 RESUME_KEYS = ("batch_size", "seed", "preset", "data", "corpus", "max_seq_length")
-METRIC_NAMES = (
-    "gen_loss_sum",
-    "n_masked",
-    "disc_loss_sum",
-    "n_tokens",
-    "gen_correct",
-    "disc_correct",
-    "replaced",
-    "replaced_found",
-)
 
 
 def _seed(*parts: int) -> int:
@@ -226,7 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                         special["mask"],
                         generator=g,
                     )
-                ev += torch.stack([getattr(out, n).double() for n in METRIC_NAMES])
+                ev += out.metrics()
         if world > 1:
             dist.all_reduce(ev)  # collective: eval sums
         model.train()
@@ -272,7 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 # DDP averages gradients over ranks: scale back to a sum, so the step's gradient is
                 # the gradient of the global-batch mean loss
                 (loss * world).backward()
-            acc += torch.stack([getattr(out, n).double() for n in METRIC_NAMES])
+            acc += out.metrics()
         grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), tcfg.clip_norm)
         ok = torch.isfinite(grad_norm)  # the same on every rank: gradients are all-reduced
         opt.step(ok=ok)  # a non-finite step changes nothing (no host sync)

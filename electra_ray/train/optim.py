@@ -42,30 +42,17 @@ class AdamNoBiasCorrection(Optimizer):
             if not params:
                 continue
             ms, vs = self._moments(params)
-            b1, b2, lr = *group["betas"], group["lr"]
-            if ok is None:
-                grads = [p.grad for p in params]
-                torch._foreach_lerp_(ms, grads, 1 - b1)  # m = b1·m + (1-b1)·g
-                torch._foreach_mul_(vs, b2)
-            else:
-                okf = ok.to(params[0].dtype)
-                grads = [torch.nan_to_num_(p.grad, 0.0, 0.0, 0.0) for p in params]
-                torch._foreach_mul_(grads, okf)  # a skipped step sees a zero gradient...
-                # ...and keeps its moments: m ← m·(1 − (1−β₁)·ok) + (1−β₁)·g, likewise v
-                torch._foreach_mul_(ms, 1 - (1 - b1) * okf)
-                torch._foreach_add_(ms, grads, alpha=1 - b1)
-                torch._foreach_mul_(vs, 1 - (1 - b2) * okf)
-            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-            denom = torch._foreach_sqrt(vs)
-            torch._foreach_add_(denom, group["eps"])
-            update = torch._foreach_div(ms, denom)
-            if group["weight_decay"]:
-                torch._foreach_add_(update, params, alpha=group["weight_decay"])
-            if ok is None:
-                torch._foreach_add_(params, update, alpha=-lr)
-            else:
-                torch._foreach_mul_(update, okf * lr)  # ...and does not move the parameters
-                torch._foreach_sub_(params, update)
+            adam_update(
+                params,
+                [p.grad for p in params],
+                ms,
+                vs,
+                lr=group["lr"],
+                betas=group["betas"],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                ok=ok,
+            )
         return loss
 
     def _moments(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -75,6 +62,47 @@ class AdamNoBiasCorrection(Optimizer):
                 self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
+
+
+def adam_update(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    ms: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    *,
+    lr: float | torch.Tensor,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    ok: torch.Tensor | None = None,
+) -> None:
+    """The update itself, on lists of tensors (foreach kernels): shared by the optimizer and the
+    compiled fast step (where ``lr`` is a device tensor, so a changing rate recompiles nothing).
+    With ``ok`` (0-d bool) a false value leaves parameters and moments exactly as they were."""
+    b1, b2 = betas
+    if ok is None:
+        torch._foreach_lerp_(ms, grads, 1 - b1)  # m = b1·m + (1-b1)·g
+        torch._foreach_mul_(vs, b2)
+    else:
+        okf = ok.to(params[0].dtype)
+        grads = [torch.nan_to_num_(g, 0.0, 0.0, 0.0) for g in grads]
+        torch._foreach_mul_(grads, okf)  # a skipped step sees a zero gradient...
+        # ...and keeps its moments: m ← m·(1 − (1−β₁)·ok) + (1−β₁)·g, likewise v
+        torch._foreach_mul_(ms, 1 - (1 - b1) * okf)
+        torch._foreach_add_(ms, grads, alpha=1 - b1)
+        torch._foreach_mul_(vs, 1 - (1 - b2) * okf)
+    torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(ms, denom)
+    if weight_decay:
+        torch._foreach_add_(update, params, alpha=weight_decay)
+    if ok is None and not isinstance(lr, torch.Tensor):
+        torch._foreach_add_(params, update, alpha=-lr)
+    else:
+        scale = lr if ok is None else okf * lr
+        torch._foreach_mul_(update, scale)  # ...and does not move the parameters
+        torch._foreach_sub_(params, update)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

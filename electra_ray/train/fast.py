@@ -1,0 +1,331 @@
+"""The fast training step: compiled, static shapes, no host sync, batches built on the device.
+
+The plain step (train/loop.py without ``--fast-step``) runs the model eagerly: about 1,700 kernel
+launches per step for ``small``, so on a modern GPU the host's launch rate, not the GPU, sets the
+speed. This step computes exactly the same function (same model, masking, loss, clipping and
+update) and differs only in how it runs:
+
+- ``torch.compile`` (Inductor, ``dynamic=False``) of the forward pass with its loss and metric sums
+  (bf16 autocast on CUDA; attention is transformers' SDPA path), and of the whole optimizer update
+  (gradient-norm clipping, the non-finite skip and Adam without bias correction, on foreach
+  kernels, with the learning rate a device tensor so a changing rate recompiles nothing);
+- shapes never depend on the data: a fixed number of masked slots per sequence
+  (``model.masking``), fixed micro-batch shapes, so one compilation serves the whole run;
+- on CUDA with one worker, the forward+backward of a micro-batch and the update are each captured
+  once in a CUDA graph and replayed: a step is a few small copies and two replays;
+- the metric sums accumulate in a device buffer that the loop reads every ``log_every`` steps;
+- the token ids live on the device (``DeviceInstances``, the corpus as uint16 ≈ 1.5 GB for all of
+  Japanese Wikipedia); a batch is gathered and masked there from a per-epoch permutation uploaded
+  once, so no per-step host→device copy and no pageable-memory synchronisation.
+
+Randomness is keyed like the plain loop's (dropout and Gumbel noise seeded by (seed, data batch,
+micro-batch) before each micro-step; masks from (seed, data batch) over the global batch), so a
+resume is exact on the same kind of device. Compiled kernels draw their random numbers
+differently from eager ones: the fast and the plain step agree to float tolerance on a fixed batch
+when Inductor's ``fallback_random`` is set (what the tests do), not bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from electra_ray.model.electra import METRIC_NAMES
+from electra_ray.model.masking import Masks, draw_masks, step_generator
+from electra_ray.train.data import InstanceArrays
+from electra_ray.train.optim import adam_update
+
+
+def fast_step_enabled(setting: str, device: torch.device) -> bool:
+    """``--fast-step auto`` means on for CUDA, off for the CPU."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"--fast-step must be auto, on or off, not {setting!r}")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+class DeviceInstances:
+    """The instance arrays on the device, and batches gathered from them there.
+
+    ``batch(rows)`` equals ``train.data.build_batch`` on the same rows (tested)."""
+
+    def __init__(self, arr: InstanceArrays, device: torch.device) -> None:
+        ids = arr.ids
+        if ids.dtype == np.uint16:  # torch has few uint16 kernels: keep 2 bytes, widen on gather
+            self.ids = torch.from_numpy(np.ascontiguousarray(ids).view(np.int16)).to(device)
+            self.widen = 0xFFFF
+        else:
+            self.ids = torch.from_numpy(np.ascontiguousarray(ids).astype(np.int32)).to(device)
+            self.widen = None
+        self.offsets = torch.from_numpy(np.asarray(arr.offsets, dtype=np.int64)).to(device)
+        self.b_start = torch.from_numpy(np.asarray(arr.b_start, dtype=np.int64)).to(device)
+        self.device = device
+        self._epoch: tuple[int, torch.Tensor] | None = None
+
+    def rows_of_epoch(self, epoch: int, rows: np.ndarray) -> torch.Tensor:
+        """The epoch's row order on the device, uploaded once per epoch."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, torch.from_numpy(np.array(rows, dtype=np.int64)).to(self.device))
+        return self._epoch[1]
+
+    def batch(self, rows: torch.Tensor, seq_len: int, pad_id: int):
+        """(input_ids, token_type_ids, attention_mask), int64 (B, seq_len), on the device."""
+        start = self.offsets[rows]
+        length = (self.offsets[rows + 1] - start).clamp(max=seq_len)
+        pos = torch.arange(seq_len, device=self.device)
+        real = pos.unsqueeze(0) < length.unsqueeze(1)
+        idx = (start.unsqueeze(1) + pos.unsqueeze(0)).clamp(max=max(self.ids.numel() - 1, 0))
+        tok = self.ids[idx].long()
+        if self.widen is not None:
+            tok = tok & self.widen
+        ids = torch.where(real, tok, torch.full_like(tok, pad_id))
+        types = ((pos.unsqueeze(0) >= self.b_start[rows].unsqueeze(1)) & real).long()
+        return ids, types, real.long()
+
+    def masks(
+        self, ids, att, special_ids, *, seed: int, key: int, mask_prob, mask_token_prob, max_predictions
+    ):
+        return draw_masks(
+            ids,
+            att,
+            special_ids,
+            mask_prob=mask_prob,
+            mask_token_prob=mask_token_prob,
+            max_predictions=max_predictions,
+            generator=step_generator(seed, key, self.device),
+        )
+
+
+def _forward(model, amp, mask_id, ids, types, att, positions, valid, show, gen_den, disc_den, loss_scale):
+    with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp else nullcontext():
+        out = model(
+            ids,
+            types,
+            att,
+            Masks(positions, valid, show),
+            mask_id,
+            generator=None,
+            gen_denominator=gen_den,
+            disc_denominator=disc_den,
+        )
+    return out.loss * loss_scale, out.metrics()
+
+
+@torch.no_grad()
+def _update(groups, lr, enable, clip_norm, betas, eps):
+    """Clip by the global gradient norm, skip a non-finite step, Adam; zero the gradients."""
+    grads = [g for _, gs, _, _, _ in groups for g in gs]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    coef = (clip_norm / (norm + 1e-6)).clamp(max=1.0)  # as torch.nn.utils.clip_grad_norm_
+    torch._foreach_mul_(grads, coef)
+    ok = torch.isfinite(norm) & enable
+    for params, gs, ms, vs, wd in groups:
+        adam_update(params, gs, ms, vs, lr=lr, betas=betas, eps=eps, weight_decay=wd, ok=ok)
+    torch._foreach_zero_(grads)
+    return norm, ok
+
+
+class FastStep:
+    """One optimizer step over a worker's micro-batches, compiled (and graph-captured on CUDA).
+
+    ``model`` is what the loop calls (the DDP wrapper when there are several workers: then no CUDA
+    graphs, DDP's bucketed all-reduce overlaps the backward pass); ``module`` is the bare model
+    whose parameters ``opt`` updates. ``acc`` holds the metric sums since the last ``acc.zero_()``,
+    ``bad`` the number of skipped (non-finite) steps, ``grad_norm`` the last step's gradient norm.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        module: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        *,
+        device: torch.device,
+        micro: int,
+        seq_len: int,
+        slots: int,
+        mask_id: int,
+        clip_norm: float,
+        compile: bool = True,
+        graphs: bool | None = None,
+        log=print,
+    ) -> None:
+        self.model, self.module, self.opt, self.device = model, module, opt, device
+        self.amp = device.type == "cuda"
+        self.mask_id, self.clip_norm = mask_id, clip_norm
+        self.graphs = (device.type == "cuda" and model is module) if graphs is None else graphs
+        self.log = log
+        self.acc = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
+        self.bad = torch.zeros((), device=device, dtype=torch.float64)
+        self.grad_norm = torch.zeros((), device=device, dtype=torch.float32)
+        self.lr = torch.zeros((), device=device, dtype=torch.float32)
+        self.enable = torch.ones((), device=device, dtype=torch.bool)
+        z = lambda shape, dtype: torch.zeros(shape, device=device, dtype=dtype)  # noqa: E731
+        self.inputs = {
+            "ids": z((micro, seq_len), torch.int64),
+            "types": z((micro, seq_len), torch.int64),
+            "att": torch.ones((micro, seq_len), device=device, dtype=torch.int64),
+            "positions": z((micro, slots), torch.int64),
+            "valid": z((micro, slots), torch.bool),
+            "show": z((micro, slots), torch.bool),
+            "gen_den": torch.ones((), device=device, dtype=torch.float32),
+            "disc_den": torch.ones((), device=device, dtype=torch.float32),
+            "loss_scale": torch.ones((), device=device, dtype=torch.float32),
+        }
+        # gradients exist from the start and keep their storage (the update zeroes them in place)
+        for p in module.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.bind_optimizer_state()
+        fwd = _forward
+        upd = _update
+        if compile:
+            fwd = torch.compile(_forward, dynamic=False)
+            upd = torch.compile(_update, dynamic=False)
+        self._fwd, self._upd = fwd, upd
+        self._graph_fwd = self._graph_upd = None
+        self._warm = False
+
+    def bind_optimizer_state(self) -> None:
+        """(Re)build the update's argument lists from the optimizer; call after loading its state
+        (a rollback): graph-captured moments are copied into in place so the graphs stay valid."""
+        groups = []
+        for group in self.opt.param_groups:
+            params = [p for p in group["params"] if p.requires_grad]
+            if not params:
+                continue
+            old = getattr(self, "_moments", {})
+            for p in params:
+                st = self.opt.state[p]
+                if not st:
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                if id(p) in old:  # keep the captured storage
+                    for k, buf in zip(("exp_avg", "exp_avg_sq"), old[id(p)]):
+                        if st[k] is not buf:
+                            buf.copy_(st[k])
+                            st[k] = buf
+            groups.append(
+                (
+                    params,
+                    [p.grad for p in params],
+                    [self.opt.state[p]["exp_avg"] for p in params],
+                    [self.opt.state[p]["exp_avg_sq"] for p in params],
+                    group["weight_decay"],
+                )
+            )
+        self._moments = {
+            id(p): (self.opt.state[p]["exp_avg"], self.opt.state[p]["exp_avg_sq"])
+            for g in groups
+            for p in g[0]
+        }
+        self.groups = groups
+        first = self.opt.param_groups[0]
+        self.betas, self.eps = tuple(first["betas"]), first["eps"]
+
+    # ------------------------------------------------------------------------------ the pieces
+    def _micro(self, sync: bool = True) -> None:
+        x = self.inputs
+        no_sync = getattr(self.model, "no_sync", None)
+        with nullcontext() if sync or no_sync is None else no_sync():
+            self._forward_backward(x)
+
+    def _forward_backward(self, x) -> None:
+        loss, metrics = self._fwd(
+            self.model,
+            self.amp,
+            self.mask_id,
+            x["ids"],
+            x["types"],
+            x["att"],
+            x["positions"],
+            x["valid"],
+            x["show"],
+            x["gen_den"],
+            x["disc_den"],
+            x["loss_scale"],
+        )
+        loss.backward()
+        self.acc.add_(metrics)
+
+    def _step(self) -> None:
+        if self._graph_upd is None:  # eager/compiled: the gradients as they are now
+            self.groups = [(ps, [p.grad for p in ps], ms, vs, wd) for ps, _, ms, vs, wd in self.groups]
+        norm, ok = self._upd(self.groups, self.lr, self.enable, self.clip_norm, self.betas, self.eps)
+        self.grad_norm.copy_(norm)
+        self.bad.add_((~ok).double())
+
+    def warm_up(self, iters: int = 3) -> float:
+        """Compile (and capture) with the update disabled: parameters and moments stay bitwise
+        as they were, the metric buffers are cleared afterwards. Returns the seconds it took."""
+        t = time.perf_counter()
+        self.enable.fill_(False)
+        stream = torch.cuda.Stream() if self.graphs else None
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            for _ in range(iters):
+                self._micro()
+                self._step()
+        if stream is not None:
+            torch.cuda.current_stream().wait_stream(stream)
+            self._graph_fwd, self._graph_upd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph_fwd):
+                self._micro()
+            with torch.cuda.graph(self._graph_upd, pool=self._graph_fwd.pool()):
+                self._step()
+            torch.cuda.synchronize()
+        self.enable.fill_(True)
+        self.acc.zero_()
+        self.bad.zero_()
+        for gs in (g[1] for g in self.groups):
+            torch._foreach_zero_(gs)
+        self._warm = True
+        return time.perf_counter() - t
+
+    # ----------------------------------------------------------------------------- the step
+    def micro_step(
+        self,
+        ids,
+        types,
+        att,
+        masks: Masks,
+        gen_den,
+        disc_den,
+        *,
+        seed: int,
+        scale: float = 1.0,
+        sync: bool = True,
+    ):
+        """Forward + backward of one micro-batch (gradients add up until ``step``). The loss is
+        multiplied by ``scale`` (the world size, as DDP averages; NaN for the test hook); ``sync``
+        False skips DDP's all-reduce (all but the last micro-batch of a step)."""
+        if not self._warm:
+            self.warm_up()
+        x = self.inputs
+        x["ids"].copy_(ids, non_blocking=True)
+        x["types"].copy_(types, non_blocking=True)
+        x["att"].copy_(att, non_blocking=True)
+        x["positions"].copy_(masks.positions, non_blocking=True)
+        x["valid"].copy_(masks.valid, non_blocking=True)
+        x["show"].copy_(masks.show_mask, non_blocking=True)
+        x["gen_den"].copy_(gen_den, non_blocking=True)
+        x["disc_den"].copy_(disc_den, non_blocking=True)
+        x["loss_scale"].fill_(scale)
+        torch.manual_seed(seed)  # dropout and Gumbel noise (a graph replay reads the generator's state)
+        if self._graph_fwd is not None:
+            self._graph_fwd.replay()
+        else:
+            self._micro(sync)
+
+    def step(self, lr: float) -> None:
+        """Clip, skip if non-finite, update with learning rate ``lr``, zero the gradients."""
+        self.lr.fill_(lr)
+        if self._graph_upd is not None:
+            self._graph_upd.replay()
+        else:
+            self._step()
+
+    def state(self) -> dict[str, Any]:
+        return {"graphs": self._graph_fwd is not None, "compiled": self._fwd is not _forward}

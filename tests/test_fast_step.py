@@ -1,0 +1,230 @@
+"""The fast step (train/fast.py) computes what the plain step computes.
+
+On the CPU the step is compiled by Inductor (C++ kernels; no CUDA graphs); on a GPU, when one is
+visible, the same tests run with bf16 autocast and CUDA graphs (looser tolerances). Dropout is off
+and Inductor's ``fallback_random`` on, so both steps draw the same Gumbel noise.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from electra_ray.config import model_preset
+from electra_ray.model.electra import ElectraPretrainer
+from electra_ray.model.masking import draw_masks, step_generator
+from electra_ray.train.data import InstanceArrays, build_batch
+from electra_ray.train.fast import DeviceInstances, FastStep, fast_step_enabled
+from electra_ray.train.optim import make_optimizer
+
+CLS, SEP, PAD, MASK = 1, 2, 3, 4
+SPECIAL = (CLS, SEP, PAD, MASK)
+V, B, L = 300, 8, 32
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def random_arrays(n=40, seed=0, dtype=np.uint16):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 2 * L, size=n)  # some longer than L (cut), some short (padded)
+    ids = rng.integers(15, V if dtype == np.uint16 else 70000, size=int(lengths.sum())).astype(dtype)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    b_start = (lengths // 2).astype(np.int32)
+    return InstanceArrays(ids, offsets, b_start)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_device_batch_equals_host_batch(device, dtype):
+    arr = random_arrays(dtype=dtype)
+    rows = np.array([3, 0, 39, 17, 17, 8], dtype=np.int64)
+    want = build_batch(arr, rows, L, PAD)
+    data = DeviceInstances(arr, torch.device(device))
+    order = data.rows_of_epoch(0, rows)
+    got = data.batch(order, L, PAD)
+    for w, g in zip(want, got):
+        assert g.device.type == device
+        assert torch.equal(g.cpu(), torch.from_numpy(w))
+    # the epoch's order is uploaded once and replaced for the next epoch
+    assert data.rows_of_epoch(0, rows[::-1]) is order
+    assert torch.equal(data.rows_of_epoch(1, rows[::-1]).cpu(), torch.from_numpy(rows[::-1].copy()))
+
+
+def test_masks_on_the_device_follow_the_same_rules():
+    arr = random_arrays()
+    ids, _, att = (torch.from_numpy(x) for x in build_batch(arr, np.arange(16), L, PAD))
+    for dev in DEVICES:
+        g = step_generator(5, 9, dev)
+        m = draw_masks(
+            ids, att, SPECIAL, mask_prob=0.15, mask_token_prob=0.85, max_predictions=5, generator=g
+        )
+        assert m.positions.device.type == dev
+        picked = ids.to(dev).gather(1, m.positions)
+        assert not torch.isin(picked[m.valid], torch.tensor(SPECIAL, device=dev)).any()
+        assert (att.to(dev).gather(1, m.positions)[m.valid] == 1).all()
+        assert not (m.show_mask & ~m.valid).any()
+    # the CPU generator gives what the plain loop always drew
+    a = draw_masks(
+        ids,
+        att,
+        SPECIAL,
+        mask_prob=0.15,
+        mask_token_prob=0.85,
+        max_predictions=5,
+        generator=step_generator(5, 9),
+    )
+    b = draw_masks(
+        ids,
+        att,
+        SPECIAL,
+        mask_prob=0.15,
+        mask_token_prob=0.85,
+        max_predictions=5,
+        generator=step_generator(5, 9, "cpu"),
+    )
+    assert torch.equal(a.positions, b.positions) and torch.equal(a.show_mask, b.show_mask)
+
+
+def _setup(device):
+    torch.manual_seed(0)
+    cfg = model_preset("tiny", vocab_size=V, pad_token_id=PAD, dropout=0.0)
+    arr = random_arrays(n=64)
+    ids, types, att = (torch.from_numpy(x) for x in build_batch(arr, np.arange(B), L, PAD))
+    m = draw_masks(
+        ids,
+        att,
+        SPECIAL,
+        mask_prob=0.15,
+        mask_token_prob=0.85,
+        max_predictions=cfg.max_predictions(L),
+        generator=step_generator(0, 0),
+    )
+    plain = ElectraPretrainer(cfg)
+    fast = copy.deepcopy(plain)
+    fast.tie()
+    dev = torch.device(device)
+    plain.to(dev).tie()
+    fast.to(dev).tie()
+    fast.check_tying()
+    opts = [
+        make_optimizer(x, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=0, total=100)[0]
+        for x in (plain, fast)
+    ]
+    batch = (ids.to(dev), types.to(dev), att.to(dev), m.to(dev))
+    dens = (m.valid.sum().float().to(dev), att.sum().float().to(dev))
+    return cfg, plain, fast, opts, batch, dens
+
+
+def _plain_step(model, opt, batch, dens, seed, lr, scale=1.0):
+    ids, types, att, m = batch
+    torch.manual_seed(seed)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if ids.is_cuda else torch.autocast("cpu", enabled=False)
+    )
+    with amp:
+        out = model(ids, types, att, m, MASK, gen_denominator=dens[0], disc_denominator=dens[1])
+    (out.loss * scale).backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.step(ok=torch.isfinite(norm))
+    opt.zero_grad(set_to_none=True)
+    return out.metrics(), norm
+
+
+@pytest.fixture
+def fallback_random():
+    import torch._inductor.config as ic
+
+    old = ic.fallback_random
+    ic.fallback_random = True
+    yield
+    ic.fallback_random = old
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_step_matches_plain_step(device, fallback_random):
+    cfg, plain, fast, (opt_p, opt_f), batch, dens = _setup(device)
+    step = FastStep(
+        fast,
+        fast,
+        opt_f,
+        device=torch.device(device),
+        micro=B,
+        seq_len=L,
+        slots=cfg.max_predictions(L),
+        mask_id=MASK,
+        clip_norm=1.0,
+    )
+    before = [p.detach().clone() for p in fast.parameters()]
+    step.warm_up()  # compiles (and captures) with the update disabled: nothing moves
+    assert all(torch.equal(a, p) for a, p in zip(before, fast.parameters()))
+    assert step.acc.abs().sum() == 0 and step.bad == 0
+    gpu = device == "cuda"
+    assert step.state() == {"graphs": gpu, "compiled": True}
+    rtol = 3e-2 if gpu else 1e-5
+    for k in range(3):
+        want, norm = _plain_step(plain, opt_p, batch, dens, seed=11 + k, lr=1e-3)
+        step.acc.zero_()
+        step.micro_step(*batch, *dens, seed=11 + k)
+        step.step(1e-3)
+        torch.testing.assert_close(step.acc, want, rtol=rtol, atol=1e-3 if gpu else 1e-6)
+        torch.testing.assert_close(step.grad_norm, norm.float(), rtol=rtol * 3, atol=1e-6)
+    assert step.bad == 0
+    moved = max((p - b).abs().max().item() for p, b in zip(fast.parameters(), before))
+    assert moved > 1e-4  # the update really ran
+    if not gpu:
+        for p, q in zip(plain.parameters(), fast.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+    fast.check_tying()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_step_skips_a_nonfinite_step_and_reloads_optimizer_state(device, fallback_random):
+    cfg, _, fast, (_, opt), batch, dens = _setup(device)
+    step = FastStep(
+        fast,
+        fast,
+        opt,
+        device=torch.device(device),
+        micro=B,
+        seq_len=L,
+        slots=cfg.max_predictions(L),
+        mask_id=MASK,
+        clip_norm=1.0,
+    )
+    step.micro_step(*batch, *dens, seed=1)
+    step.step(1e-3)
+    saved_model = {k: v.clone() for k, v in fast.state_dict().items()}
+    saved_opt = copy.deepcopy(opt.state_dict())
+    moments = [opt.state[p]["exp_avg"].clone() for p in fast.parameters()]
+    step.micro_step(*batch, *dens, seed=2, scale=float("nan"))  # the test hook's NaN loss
+    step.step(1e-3)
+    assert step.bad == 1
+    assert all(torch.equal(v, fast.state_dict()[k]) for k, v in saved_model.items())
+    assert all(torch.equal(m, opt.state[p]["exp_avg"]) for m, p in zip(moments, fast.parameters()))
+    # a good step, then a rollback to the saved state: the step carries on from the loaded moments
+    step.micro_step(*batch, *dens, seed=3)
+    step.step(1e-3)
+    after_good = [p.detach().clone() for p in fast.parameters()]
+    storages = [opt.state[p]["exp_avg"].data_ptr() for p in fast.parameters()]
+    fast.load_state_dict(saved_model)
+    fast.tie()
+    opt.load_state_dict(saved_opt)
+    step.bind_optimizer_state()
+    assert [opt.state[p]["exp_avg"].data_ptr() for p in fast.parameters()] == storages
+    step.micro_step(*batch, *dens, seed=3)
+    step.step(1e-3)
+    for a, p in zip(after_good, fast.parameters()):
+        torch.testing.assert_close(a, p, rtol=0, atol=1e-6 if device == "cpu" else 1e-3)
+
+
+def test_fast_step_setting():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fast_step_enabled("auto", cuda) and not fast_step_enabled("auto", cpu)
+    assert fast_step_enabled("on", cpu) and not fast_step_enabled("off", cuda)
+    with pytest.raises(ValueError, match="--fast-step"):
+        fast_step_enabled("yes", cpu)
