@@ -14,10 +14,10 @@ stamp "card"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/gpu.txt"
 stamp "bench small"
-timeout "${SMALL_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset small --variants fast,compiled,plain,hf \
+timeout "${SMALL_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset small --variants plain,hf,fast,compiled \
   --steps "${STEPS:-60}" --timeout 200 2>&1 | tee "$OUT/bench_small.log"
 stamp "bench base"
-timeout "${BASE_S:-200}" $PY benchmarks/bench_train.py --device cuda --preset base --variants fast,plain,hf \
+timeout "${BASE_S:-200}" $PY benchmarks/bench_train.py --device cuda --preset base --variants plain,hf,fast \
   --steps "${STEPS:-30}" --timeout 150 2>&1 | tee "$OUT/bench_base.log"
 stamp "fast-step tests on CUDA"
 timeout "${TEST_S:-120}" $PY -m pytest -q --noconftest -p no:cacheprovider tests/test_fast_step.py 2>&1 | tee "$OUT/tests.log"
