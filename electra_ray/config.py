@@ -433,6 +433,13 @@ class TrainConfig(Config):
             "help": "seconds a checkpoint upload keeps retrying unreachable storage (training goes on meanwhile)"
         },
     )
+    fast_step: str = field(
+        default="auto",
+        metadata={
+            "help": "auto|on|off: the compiled training step (static shapes, CUDA graphs on one GPU, "
+            "batches built on the device; docs/performance.md); auto = on with GPUs, off on CPUs"
+        },
+    )
     inject_nonfinite: tuple[int, ...] = field(
         default=(), metadata={"help": "fault injection for tests: data batches whose loss is made NaN"}
     )
@@ -473,6 +480,10 @@ class TrainConfig(Config):
         _check(self.max_rollbacks >= 0, "max_rollbacks must be >= 0")
         _check(self.upload_retry_s >= 0, "upload_retry_s must be >= 0")
         _check(self.resize_check_s >= 0, "resize_check_s must be >= 0")
+        _check(
+            self.fast_step in ("auto", "on", "off"),
+            f"--fast-step must be auto, on or off, not {self.fast_step!r}",
+        )
 
     @property
     def micro_batch(self) -> int:

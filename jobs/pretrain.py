@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--preset", default="small", choices=sorted(MODEL_PRESETS), help=h("preset"))
     p.add_argument("--num-workers", type=workers, default=(1, 1), help="N, or MIN:MAX for an elastic run")
     p.add_argument("--use-gpu", action="store_true", help=h("use_gpu"))
+    p.add_argument("--fast-step", choices=("auto", "on", "off"), default="auto", help=h("fast_step"))
     for flag, typ in (
         ("max_steps", int),
         ("total_steps", int),
@@ -75,6 +76,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "name",
             "preset",
             "use_gpu",
+            "fast_step",
             "max_steps",
             "total_steps",
             "batch_size",

@@ -43,7 +43,8 @@ from electra_ray.train.checkpoint import (
     set_rng_state,
     upload_checkpoint,
 )
-from electra_ray.train.data import build_batch, global_rows, rows_digest, split_rows
+from electra_ray.train.data import build_batch, epoch_order, global_rows, rows_digest, split_rows
+from electra_ray.train.fast import DeviceInstances, FastStep, fast_step_enabled
 from electra_ray.train.metrics import peak_flops
 from electra_ray.train.optim import lr_factor, make_optimizer
 
@@ -160,8 +161,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     use_amp = device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
-    acc = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
-    bad = torch.zeros((), device=device, dtype=torch.float64)  # skipped (non-finite) steps
+    fast = None
+    if fast_step_enabled(tcfg.fast_step, device):
+        fast = FastStep(
+            ddp_model,
+            model,
+            opt,
+            device=device,
+            micro=micro,
+            seq_len=seq_len,
+            slots=min(mcfg.max_predictions(seq_len), seq_len),
+            mask_id=special["mask"],
+            clip_norm=tcfg.clip_norm,
+        )
+        if rank == 0:
+            print(f"fast step: compiling{' and capturing CUDA graphs' if fast.graphs else ''}…", flush=True)
+        took = fast.warm_up()
+        if rank == 0:
+            print(f"fast step ready in {took:.0f} s", flush=True)
+    # the token ids on the GPU: batches are gathered and masked there (fast step on CUDA)
+    on_device = DeviceInstances(arrays, device) if fast is not None and device.type == "cuda" else None
+    acc = fast.acc if fast else torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
+    bad = fast.bad if fast else torch.zeros((), device=device, dtype=torch.float64)  # skipped steps
     digest = 0  # rows_digest of the rows this worker trained on since the last report
     since_ckpt_bad = 0
 
@@ -228,7 +249,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         cursor = prog.cursor
         rows = train_rows[global_rows(cursor, tcfg.batch_size, n_train, tcfg.seed)]
-        g_ids, g_types, g_att, masks = batch_and_masks(rows, cursor)
+        if on_device is not None:
+            epoch, k = divmod(cursor, n_train // tcfg.batch_size)
+            order = on_device.rows_of_epoch(epoch, train_rows[epoch_order(n_train, tcfg.seed, epoch)])
+            g_ids, g_types, g_att = on_device.batch(
+                order[k * tcfg.batch_size : (k + 1) * tcfg.batch_size], seq_len, special["pad"]
+            )
+            masks = on_device.masks(
+                g_ids,
+                g_att,
+                special_ids,
+                seed=tcfg.seed,
+                key=cursor,
+                mask_prob=mcfg.mask_prob,
+                mask_token_prob=mcfg.mask_token_prob,
+                max_predictions=mcfg.max_predictions(seq_len),
+            )
+        else:
+            g_ids, g_types, g_att, masks = batch_and_masks(rows, cursor)
         # global-batch denominators: workers and micro-steps add up to the global mean exactly
         gen_den = masks.valid.sum().clamp(min=1).to(device, torch.float32)
         disc_den = g_att.sum().clamp(min=1).to(device, torch.float32)
@@ -240,10 +278,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             chunk = (
                 r0 // micro
             )  # global micro-batch index: the same rows get the same noise at any world size
+            sync = a == accum - 1 or world == 1
+            # DDP averages gradients over ranks: the loss is scaled back to a sum, so the step's
+            # gradient is the gradient of the global-batch mean loss
+            scale = world * (float("nan") if cursor in inject else 1.0)
+            if fast is not None:
+                fast.micro_step(
+                    ids,
+                    types,
+                    att,
+                    masks.rows(r0, r1).to(device),
+                    gen_den,
+                    disc_den,
+                    seed=_seed(tcfg.seed, cursor, chunk),
+                    scale=scale,
+                    sync=sync,
+                )
+                continue
             torch.manual_seed(_seed(tcfg.seed, cursor, chunk))  # dropout
             gumbel = torch.Generator(device=device)
             gumbel.manual_seed(_seed(tcfg.seed, cursor, chunk, 1))
-            sync = a == accum - 1 or world == 1
             with (
                 nullcontext() if sync or not hasattr(ddp_model, "no_sync") else ddp_model.no_sync(),
                 autocast(),
@@ -258,17 +312,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     gen_denominator=gen_den,
                     disc_denominator=disc_den,
                 )
-                loss = out.loss * float("nan") if cursor in inject else out.loss
-                # DDP averages gradients over ranks: scale back to a sum, so the step's gradient is
-                # the gradient of the global-batch mean loss
-                (loss * world).backward()
+                (out.loss * scale).backward()
             acc += out.metrics()
-        grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), tcfg.clip_norm)
-        ok = torch.isfinite(grad_norm)  # the same on every rank: gradients are all-reduced
-        opt.step(ok=ok)  # a non-finite step changes nothing (no host sync)
-        bad += (~ok).double()
+        if fast is not None:
+            fast.step(opt.param_groups[0]["lr"])  # clip, skip if non-finite, update: on the device
+            grad_norm = fast.grad_norm
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), tcfg.clip_norm)
+            ok = torch.isfinite(grad_norm)  # the same on every rank: gradients are all-reduced
+            opt.step(ok=ok)  # a non-finite step changes nothing (no host sync)
+            bad += (~ok).double()
+            opt.zero_grad(set_to_none=True)
         sched.step()
-        opt.zero_grad(set_to_none=True)
         prog.step += 1
         prog.cursor += 1
         steps_since += 1
@@ -285,7 +340,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             dist.all_reduce(sums)  # collective: metric sums
         sums = sums.cpu()  # host sync
         metrics = _rates(sums[: len(METRIC_NAMES)])
-        n_bad, window_digest = int(sums[-2]), int(sums[-1])
+        # every rank counts the same skipped steps (the gradient norm is all-reduced)
+        n_bad, window_digest = round(float(sums[-2]) / world), int(sums[-1])
         acc.zero_()
         bad.zero_()
         digest = 0
@@ -331,6 +387,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             model.load_state_dict(back["model"])
             model.tie()
             opt.load_state_dict(back["optimizer"])
+            if fast is not None:
+                fast.bind_optimizer_state()  # into the captured buffers
             sched.load_state_dict(back["scheduler"])
             prog.step = back["step"]
             prog.rollbacks += 1
