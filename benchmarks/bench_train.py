@@ -7,6 +7,8 @@ implementation, on the CPU or a GPU; on the CPU also our loop under Ray Train (i
 (fast)     train/fast.py: compiled forward+loss and update (Inductor, static shapes), CUDA graphs on
            a GPU, batches gathered and masked on the device from the token ids resident there,
            metrics summed on the device
+(flat)     the fast step with parameters, gradients and moments in one flat buffer each (the
+           update as a dozen kernels instead of ~1,200 small ones; not yet the default)
 (compiled) the same without CUDA graphs (a diagnostic: what the graphs add)
 (plain)    the same model, masking, loss and optimizer run eagerly, batches built on the host
            (bf16 autocast on a GPU): the loop's step without --fast-step
@@ -149,7 +151,9 @@ def run_plain(preset: str, device: str, batch: int, steps: int, warmup: int) -> 
     return _result(device, t1 - t0, steps, batch, cfg, {"gen_loss": float(acc[0] / acc[1])})
 
 
-def run_fast(preset: str, device: str, batch: int, steps: int, warmup: int, graphs: bool = True) -> dict:
+def run_fast(
+    preset: str, device: str, batch: int, steps: int, warmup: int, graphs: bool = True, flat: bool = False
+) -> dict:
     import torch
 
     from electra_ray.model.electra import ElectraPretrainer
@@ -177,6 +181,7 @@ def run_fast(preset: str, device: str, batch: int, steps: int, warmup: int, grap
         mask_id=4,
         clip_norm=1.0,
         graphs=graphs and device == "cuda",
+        flat=flat,
     )
     compile_s = fast.warm_up()
     order = data.rows_of_epoch(0, epoch_order(arr.n, 0, 0))
@@ -214,6 +219,10 @@ def run_fast(preset: str, device: str, batch: int, steps: int, warmup: int, grap
 
 def run_compiled(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
     return run_fast(preset, device, batch, steps, warmup, graphs=False)
+
+
+def run_flat(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
+    return run_fast(preset, device, batch, steps, warmup, flat=True)
 
 
 def run_hf(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
@@ -330,7 +339,14 @@ def run_ray(preset: str, device: str, batch: int, steps: int, warmup: int) -> di
     return _result(device, b * SEQ / tps, 1, b, cfg)
 
 
-VARIANTS = {"fast": run_fast, "compiled": run_compiled, "plain": run_plain, "hf": run_hf, "ray": run_ray}
+VARIANTS = {
+    "fast": run_fast,
+    "flat": run_flat,
+    "compiled": run_compiled,
+    "plain": run_plain,
+    "hf": run_hf,
+    "ray": run_ray,
+}
 
 
 def child(spec: str) -> None:
@@ -433,7 +449,7 @@ def main() -> None:
         )
         figures[preset] = res
     first = figures[presets[0]]
-    for v in ("fast", "compiled", "plain", "hf", "ray"):
+    for v in ("fast", "flat", "compiled", "plain", "hf", "ray"):
         figures[f"{v}_steps_per_s"] = first.get(v, {}).get("steps_per_s")
     best = first.get("fast") or first.get("plain") or {}
     figures["preset"] = presets[0]

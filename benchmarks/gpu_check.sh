@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared run (issue 7): what the card is, the fast-step tests on CUDA, then
-# bench_train.py on small (fast, compiled, plain, hf) and base (fast, plain, hf).
+# bench_train.py on small (plain, hf, fast, flat, compiled) and base (fast, plain, hf).
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
 # Logs go to $OUT; the last lines of each bench log are its JSON.
 set -u
@@ -14,7 +14,7 @@ stamp "card"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/gpu.txt"
 stamp "bench small"
-timeout "${SMALL_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset small --variants plain,hf,fast,compiled \
+timeout "${SMALL_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset small --variants plain,hf,fast,flat,compiled \
   --steps "${STEPS:-60}" --timeout 200 2>&1 | tee "$OUT/bench_small.log"
 stamp "bench base"
 timeout "${BASE_S:-200}" $PY benchmarks/bench_train.py --device cuda --preset base --variants plain,hf,fast \

@@ -145,13 +145,15 @@ def fallback_random():
     ic.fallback_random = old
 
 
+@pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
-def test_fast_step_matches_plain_step(device, fallback_random):
+def test_fast_step_matches_plain_step(device, flat, fallback_random):
     cfg, plain, fast, (opt_p, opt_f), batch, dens = _setup(device)
     step = FastStep(
         fast,
         fast,
         opt_f,
+        flat=flat,
         device=torch.device(device),
         micro=B,
         seq_len=L,
@@ -164,7 +166,10 @@ def test_fast_step_matches_plain_step(device, fallback_random):
     assert all(torch.equal(a, p) for a, p in zip(before, fast.parameters()))
     assert step.acc.abs().sum() == 0 and step.bad == 0
     gpu = device == "cuda"
-    assert step.state() == {"graphs": gpu, "compiled": True}
+    assert step.state() == {"graphs": gpu, "compiled": True, "flat": flat}
+    if flat:  # the parameters, gradients and moments are views of one buffer each
+        p = next(fast.parameters())
+        assert p.data_ptr() == step.flat[0].data_ptr() and p.grad.data_ptr() == step.flat[1].data_ptr()
     rtol = 3e-2 if gpu else 1e-5
     for k in range(3):
         want, norm = _plain_step(plain, opt_p, batch, dens, seed=11 + k, lr=1e-3)
@@ -182,13 +187,15 @@ def test_fast_step_matches_plain_step(device, fallback_random):
     fast.check_tying()
 
 
+@pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
-def test_fast_step_skips_a_nonfinite_step_and_reloads_optimizer_state(device, fallback_random):
+def test_fast_step_skips_a_nonfinite_step_and_reloads_optimizer_state(device, flat, fallback_random):
     cfg, _, fast, (_, opt), batch, dens = _setup(device)
     step = FastStep(
         fast,
         fast,
         opt,
+        flat=flat,
         device=torch.device(device),
         micro=B,
         seq_len=L,

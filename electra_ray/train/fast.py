@@ -130,6 +130,29 @@ def _update(groups, lr, enable, clip_norm, betas, eps):
     return norm, ok
 
 
+@torch.no_grad()
+def _update_flat(flat, segments, lr, enable, clip_norm, betas, eps):
+    """``_update`` on flat buffers (parameters, gradients and moments each one tensor): ~12 kernels
+    per step instead of a few per parameter tensor. Same arithmetic, same skip."""
+    p, g, m, v = flat
+    b1, b2 = betas
+    norm = torch.linalg.vector_norm(g)
+    ok = torch.isfinite(norm) & enable
+    okf = ok.to(g.dtype)
+    coef = (clip_norm / (norm + 1e-6)).clamp(max=1.0)
+    # clipped; a skipped step sees a zero gradient (its NaN/inf times 0 are NaN, hence nan_to_num)
+    g.mul_(torch.where(ok, coef, torch.zeros_like(coef))).nan_to_num_(0.0, 0.0, 0.0)
+    m.mul_(1 - (1 - b1) * okf).add_(g, alpha=1 - b1)
+    v.mul_(1 - (1 - b2) * okf).addcmul_(g, g, value=1 - b2)
+    update = m / (v.sqrt() + eps)
+    for start, end, wd in segments:
+        if wd:
+            update[start:end].add_(p[start:end], alpha=wd)
+    p.sub_(update.mul_(okf * lr))
+    g.zero_()
+    return norm, ok
+
+
 class FastStep:
     """One optimizer step over a worker's micro-batches, compiled (and graph-captured on CUDA).
 
@@ -137,6 +160,10 @@ class FastStep:
     graphs, DDP's bucketed all-reduce overlaps the backward pass); ``module`` is the bare model
     whose parameters ``opt`` updates. ``acc`` holds the metric sums since the last ``acc.zero_()``,
     ``bad`` the number of skipped (non-finite) steps, ``grad_norm`` the last step's gradient norm.
+
+    ``flat`` (off by default until measured on a GPU; ``bench_train.py --variants flat``) moves the parameters, gradients and Adam moments into one
+    buffer each (the parameters become views of it, in the optimizer's group order), so the update
+    is a dozen kernels over a single tensor; state dicts, checkpoints and tying are unchanged.
     """
 
     def __init__(
@@ -154,6 +181,7 @@ class FastStep:
         compile: bool = True,
         compile_update: bool = False,
         graphs: bool | None = None,
+        flat: bool = False,
         log=print,
     ) -> None:
         self.model, self.module, self.opt, self.device = model, module, opt, device
@@ -182,6 +210,10 @@ class FastStep:
         for p in module.parameters():
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)
+        self.flat: tuple[torch.Tensor, ...] | None = None
+        self.segments: list[tuple[int, int, float]] = []
+        if flat:
+            self._flatten()
         self.bind_optimizer_state()
         fwd = _forward
         upd = _update
@@ -194,6 +226,34 @@ class FastStep:
         self._fwd, self._upd = fwd, upd
         self._graph_fwd = self._graph_upd = None
         self._warm = False
+
+    def _flatten(self) -> None:
+        """Parameters, gradients and moments as views of four flat buffers."""
+        groups = [[p for p in g["params"] if p.requires_grad] for g in self.opt.param_groups]
+        params = [p for g in groups for p in g]
+        if len({(p.dtype, p.device) for p in params}) != 1:
+            return  # mixed dtypes or devices: keep the per-tensor update
+        total = sum(p.numel() for p in params)
+        ref = params[0]
+        flat = tuple(torch.zeros(total, dtype=ref.dtype, device=ref.device) for _ in range(4))
+        off = 0
+        for group, ps in zip(self.opt.param_groups, groups):
+            start = off
+            for p in ps:
+                n = p.numel()
+                views = [f[off : off + n].view_as(p) for f in flat]
+                views[0].copy_(p.detach())
+                views[1].copy_(p.grad)
+                p.data = views[0]
+                p.grad = views[1]
+                st = self.opt.state[p]
+                for k, view in zip(("exp_avg", "exp_avg_sq"), views[2:]):
+                    if k in st:
+                        view.copy_(st[k])
+                    st[k] = view
+                off += n
+            self.segments.append((start, off, group["weight_decay"]))
+        self.flat = flat
 
     def bind_optimizer_state(self) -> None:
         """(Re)build the update's argument lists from the optimizer; call after loading its state
@@ -258,6 +318,13 @@ class FastStep:
         self.acc.add_(metrics)
 
     def _step(self) -> None:
+        if self.flat is not None:
+            norm, ok = _update_flat(
+                self.flat, self.segments, self.lr, self.enable, self.clip_norm, self.betas, self.eps
+            )
+            self.grad_norm.copy_(norm)
+            self.bad.add_((~ok).double())
+            return
         if self._graph_upd is None:  # eager/compiled: the gradients as they are now
             self.groups = [(ps, [p.grad for p in ps], ms, vs, wd) for ps, _, ms, vs, wd in self.groups]
         norm, ok = self._upd(self.groups, self.lr, self.enable, self.clip_norm, self.betas, self.eps)
@@ -334,4 +401,8 @@ class FastStep:
             self._step()
 
     def state(self) -> dict[str, Any]:
-        return {"graphs": self._graph_fwd is not None, "compiled": self._fwd is not _forward}
+        return {
+            "graphs": self._graph_fwd is not None,
+            "compiled": self._fwd is not _forward,
+            "flat": self.flat is not None,
+        }
