@@ -1,37 +1,44 @@
-"""Growing and shrinking with Ray's fake autoscaler: nodes appear on request, one is taken away.
+"""Growing and shrinking with Ray's fake autoscaler: nodes appear on request, go and come back.
 
-    python scripts/fake_autoscaler_scenario.py [--workdir DIR] [--data D --tokenizer T] [--steps 200]
-        [--kill-after 20] [--timeout 900] [--keep] [-- extra jobs/pretrain.py flags]
+    python scripts/fake_autoscaler_scenario.py [--workdir DIR] [--data D --tokenizer T] [--steps 300]
+        [--after 30] [--timeout 900] [--keep] [-- extra jobs/pretrain.py flags]
 
-Unlike ``scripts/elastic_scenario.py`` (which adds and removes nodes itself), here the nodes come
-from Ray's autoscaler, running with its fake multi-node provider
-(``ray/autoscaler/_private/fake_multi_node/node_provider.py``, ``RAY_FAKE_CLUSTER=1``):
+Unlike ``scripts/elastic_scenario.py`` (which adds and removes nodes itself with
+``ray.cluster_utils.Cluster``), here every worker node comes from Ray's autoscaler, run with its
+fake multi-node provider (``ray/autoscaler/_private/fake_multi_node/node_provider.py``, enabled by
+``RAY_FAKE_CLUSTER=1``; each "node" is a real raylet that the provider starts on this machine from
+inside the autoscaler process):
 
 1. builds a small instance set and tokenizer from the bundled sample (unless ``--data`` and
    ``--tokenizer`` are given), in a throw-away local Ray;
-2. writes an autoscaling config (provider ``fake_multinode``): a head with 0 CPUs and a worker
-   node type ``ray.worker.cpu`` with 1 CPU and a 200 MB object store, ``min_workers: 0``,
-   ``max_workers: 2``, ``idle_timeout_minutes: 0.1``;
-3. starts the head: ``RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=CONFIG --port P
-   --num-cpus 0 --temp-dir DIR/ray ...``; the cluster has no worker node yet;
+2. writes an autoscaling config (provider ``fake_multinode``, autoscaler v1): a head with 0 CPUs
+   and one worker node type ``ray.worker.cpu`` (1 CPU, 200 MB object store, ``min_workers: 0``,
+   ``max_workers: 2``, ``idle_timeout_minutes: 0.1``);
+3. starts the head, with no worker node: ``RAY_FAKE_CLUSTER=1 ray start --head
+   --autoscaling-config=CONFIG --port P --num-cpus 0 --temp-dir DIR/ray ...``;
 4. runs ``jobs/pretrain.py --num-workers 1:2 --preset tiny`` against it (``RAY_ADDRESS``). Ray
-   Train's elastic policy asks the autoscaler for 2 one-CPU bundles (``request_resources`` via its
-   autoscaling coordinator), the autoscaler launches fake nodes (each a real raylet started by the
-   provider inside the autoscaler's process), and training starts once one worker fits;
-5. once the run has trained ``--kill-after`` steps on 2 workers, takes away the node of one
-   training worker: SIGKILL of that fake node's raylet and every process under it (its workers and
-   agents). The provider is not told: after ``AUTOSCALER_HEARTBEAT_TIMEOUT_S`` (set to 10 s here) the
-   autoscaler finds the node's heartbeat missing ("lost contact with raylet"), calls the provider's
-   ``terminate_node`` (which kills what is left of it) and, since the run still asks for 2 CPUs,
-   launches a replacement;
-6. watches the run continue (restart from the last checkpoint on the node left, then grow back at
-   the next resize check) and finish, then waits a little for the idle nodes to be scaled away.
+   Train's elastic policy asks for 2 one-CPU bundles (``ray.autoscaler.sdk.request_resources``,
+   through Ray's autoscaling coordinator actor); the autoscaler launches 2 fake nodes; training
+   starts when the coordinator sees them. Then, each after ``--after`` steps at the current size:
 
-It prints a timeline (seconds since the head was started) and one JSON line; exit code 0 only if
-the run finished all its steps, used 2 workers, lost a node and reported again after that.
-Everything it starts (the head and every fake node, identified by an environment marker, and the
-job's process group) is stopped on exit, also on failure or Ctrl-C; ``ray stop`` is never called,
-so other Ray clusters on the machine are left alone.
+   - **shrink (the provider's terminate path):** the config is rewritten with ``max_workers: 1``.
+     The autoscaler re-reads it on its next round and terminates one node ("max_workers_per_type")
+     through ``FakeMultiNodeProvider.terminate_node`` (its raylet and agents are stopped). The run
+     loses a worker and restarts from its last checkpoint on the node left (2 → 1);
+   - **grow:** ``max_workers: 2`` again. The run still asks for 2 CPUs, so the autoscaler launches
+     a new node, and at the next resize check the run grows back (1 → 2);
+   - **crash:** the node of a training worker is SIGKILLed (its raylet and every process under it),
+     behind the autoscaler's back. The run goes on with 1 worker (2 → 1). The autoscaler does *not*
+     replace that node while the run asks for it (why: docs/fault-tolerance.md, "Growing and
+     shrinking with Ray's fake autoscaler");
+
+5. the run finishes; the script waits (``--linger``) for the autoscaler to remove the idle nodes.
+
+It prints a timeline (seconds since ``ray start``) and one JSON line; exit code 0 only if the run
+finished all its steps and all three events happened with reports after each. Everything it
+starts (the head and every fake node, found by an environment marker, and the job's process
+group) is stopped on exit, also on failure or Ctrl-C. ``ray stop`` is never called, so other Ray
+clusters on the machine are left alone.
 """
 
 from __future__ import annotations
@@ -56,7 +63,9 @@ SAMPLE = os.path.join(ROOT, "data", "sample", "jawiki-sample-pages-articles")
 MARKER = "ELECTRA_FAKE_AUTOSCALER_SCENARIO"  # set in the environment of everything this script starts
 FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
 OBJECT_STORE = 200 * 1024 * 1024
-MONITOR_PATTERNS = ("Launching", "lost contact", "Terminating", "idle", "Adding ")
+MONITOR_PATTERNS = ("Launching", "lost contact", "Terminating the node", "event_summary")
+JOB_PATTERNS = ("Deciding to", "resumed from the checkpoint", "startup timed out after")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def free_port() -> int:
@@ -108,6 +117,16 @@ def prepare(out: str) -> dict:
     finally:
         ray.shutdown()
     return {"data": inst, "tokenizer": tok}
+
+
+def write_config(path: str, gcs_address: str, max_nodes: int, max_workers: int) -> None:
+    """(Re)write the autoscaling config; the v1 autoscaler re-reads it on every round."""
+    cfg = autoscaling_config(gcs_address, max_nodes)
+    cfg["available_node_types"]["ray.worker.cpu"]["max_workers"] = max_workers
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:  # JSON is YAML
+        json.dump(cfg, f, indent=1)
+    os.replace(tmp, path)
 
 
 def autoscaling_config(gcs_address: str, max_nodes: int) -> dict:
@@ -275,10 +294,8 @@ def main() -> int:
     )
     ap.add_argument("--data", help="instances (default: built from the bundled sample)")
     ap.add_argument("--tokenizer", help="tokenizer (default: built from the bundled sample)")
-    ap.add_argument("--steps", type=int, default=200, help="--max-steps of the run")
-    ap.add_argument(
-        "--kill-after", type=int, default=20, help="steps trained on 2 workers before the node loss"
-    )
+    ap.add_argument("--steps", type=int, default=300, help="--max-steps of the run")
+    ap.add_argument("--after", type=int, default=30, help="steps to train at each size before the next event")
     ap.add_argument("--max-nodes", type=int, default=2, help="max_workers of the fake node type")
     ap.add_argument(
         "--linger", type=float, default=30, help="seconds to watch the idle nodes go after the run"
@@ -356,13 +373,13 @@ def main() -> int:
         port = free_port()
         address = f"{ip}:{port}"
         config_path = os.path.join(work, "autoscaling.yaml")
-        with open(config_path, "w") as f:  # JSON is YAML
-            json.dump(autoscaling_config(address, a.max_nodes), f, indent=1)
+        write_config(config_path, address, a.max_nodes, a.max_nodes)
         head_env = {
             **env,
             "RAY_FAKE_CLUSTER": "1",
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-            # a node that stops heartbeating is terminated (and replaced) after 10 s instead of 30 s
+            # a node without heartbeats for 10 s (default 30) is "lost contact" and gets replaced;
+            # for this provider's nodes it never fires (see "crash" above and the docs)
             "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "10",
         }
         head_cmd = [
@@ -391,7 +408,7 @@ def main() -> int:
             ),
         ]
         t0 = time.time()
-        print("$ RAY_FAKE_CLUSTER=1 " + " ".join(head_cmd[1:]), flush=True)
+        print("$ RAY_FAKE_CLUSTER=1 ray " + " ".join(head_cmd[1:]), flush=True)
         start = subprocess.run(head_cmd, env=head_env, capture_output=True, text=True, cwd=work)
         if start.returncode != 0:
             print(start.stdout[-3000:], start.stderr[-3000:], sep="\n", file=sys.stderr)
@@ -443,7 +460,7 @@ def main() -> int:
             "--seed",
             "3",
             "--max-failures",
-            "4",
+            "10",
             "--resize-check-s",
             "5",
             *passthrough,
@@ -451,7 +468,7 @@ def main() -> int:
         os.makedirs(runs, exist_ok=True)
         log_path = os.path.join(work, "pretrain.log")
         log = open(log_path, "w")
-        job_env = {**env, "RAY_ADDRESS": address, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"}
+        job_env = {**env, "RAY_ADDRESS": address, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
         job = subprocess.Popen(
             cmd, env=job_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
         )
@@ -459,12 +476,23 @@ def main() -> int:
         job_log = Tail(log_path)
 
         nodes_up: dict[str, float] = {}
-        seen_rows = 0
-        killed: dict | None = None
-        reports_after_kill = 0
-        max_workers = 0
+        last_report = 0.0
+        # lines shown, to drop repeats: the fake nodes share the head's log folder, so each node's
+        # log monitor forwards every worker's lines again (the job log has each line 2-4 times)
+        recent: dict[str, float] = {}
+        # (action, world size to train at for --after steps before it)
+        plan = [("shrink", 2), ("grow", 1), ("crash", 2)]
+        events: list[dict] = []
+        since = 0.0
         deadline = t0 + a.timeout
         finished_at = None
+
+        def show(prefix: str, line: str) -> None:
+            text = prefix + ANSI.sub("", line).strip()[:170]
+            if time.time() - recent.get(text, -1e9) > 60:
+                note(text)
+            recent[text] = time.time()
+
         while time.time() < deadline:
             time.sleep(0.5)
             # nodes, as GCS sees them
@@ -481,26 +509,18 @@ def main() -> int:
                 note("node gone", node=node_id[-5:], nodes=len(alive))
             for line in monitor_log.lines():
                 if any(p in line for p in MONITOR_PATTERNS):
-                    msg = re.sub(
-                        r"^.*?(StandardAutoscaler|NodeLauncher\d*|NodeProvider|Monitor):?\s*", "", line
-                    )
-                    note("autoscaler: " + msg.strip()[:160])
+                    show("autoscaler: ", re.sub(r"^.*? -- (:event_summary:)?", "", line))
             for line in job_log.lines():
-                if "resumed from the checkpoint" in line or "Deciding to" in line or "Traceback" in line:
-                    note("job: " + re.sub(r"^\(.*?\)\s*", "", line).strip()[:160])
-            # reports
+                if any(p in line for p in JOB_PATTERNS):
+                    show("job: ", re.sub(r"^(\x1b\[[0-9;]*m)?\(.*?\)(\x1b\[0m)?\s*", "", line))
+            # reports (rows at or after a resume step are rewritten: follow them by time)
             rs = rows(run)
-            for r in rs[seen_rows:]:
-                max_workers = max(max_workers, r.get("workers", 0))
-                if killed:
-                    reports_after_kill += 1
-                note(
-                    "report",
-                    step=r["step"],
-                    workers=r.get("workers"),
-                    loss=round(r.get("loss", float("nan")), 3),
-                )
-            seen_rows = len(rs)
+            for r in rs:
+                if r.get("time", 0) > last_report:
+                    last_report = r["time"]
+                    note("report", step=r["step"], workers=r.get("workers"), loss=round(r["loss"], 3))
+                    if events:
+                        events[-1]["reports_after"] += 1
             if finished_at is None and job.poll() is not None:
                 code = job.returncode
                 finished_at = time.time()
@@ -509,26 +529,38 @@ def main() -> int:
                 if not nodes_up or time.time() - finished_at > a.linger:
                     break
                 continue
-            # the node loss: after --kill-after steps on 2 workers
-            if killed is None:
-                two = [r for r in rs if r.get("workers") == 2]
-                if len(two) >= 2 and two[-1]["step"] - two[0]["step"] >= a.kill_after:
-                    hosts = train_worker_nodes(token)
-                    if hosts:
-                        pid, node_id = hosts[0]
-                        n = kill_tree(pid)
-                        killed = {"node": node_id[-5:], "at_step": two[-1]["step"], "processes": n}
-                        note("node taken away (SIGKILL raylet + its processes)", **killed)
+            if not plan:
+                continue
+            action, world = plan[0]
+            fresh = [r for r in rs if r.get("time", 0) > since and r.get("workers") == world]
+            if len(fresh) < 2 or fresh[-1]["step"] - fresh[0]["step"] < a.after:
+                continue
+            seen = {"step": fresh[-1]["step"], "workers": world}
+            if action == "crash":
+                hosts = train_worker_nodes(token)
+                if not hosts:
+                    continue
+                pid, node_id = hosts[0]
+                n = kill_tree(pid)
+                seen.update(node=node_id[-5:], processes=n)
+                note("crash: SIGKILL of a training node's raylet and its processes", **seen)
+            else:
+                size = 1 if action == "shrink" else a.max_nodes
+                write_config(config_path, address, a.max_nodes, size)
+                note(f"{action}: config rewritten, ray.worker.cpu max_workers={size}", **seen)
+            since = time.time()
+            events.append({"action": action, "at": round(since - t0, 1), **seen, "reports_after": 0})
+            plan.pop(0)
         else:
             note("timeout: stopping the job")
+        sizes = [r.get("workers") for r in rows(run)]
         summary.update(
             {
                 "returncode": code,
                 "final_step": rows(run)[-1]["step"] if rows(run) else None,
-                "max_workers": max_workers,
-                "node_taken_away": killed,
-                "reports_after_loss": reports_after_kill,
-                "worker_sizes": [r.get("workers") for r in rows(run)],
+                "events": events,
+                "size_changes": [w for i, w in enumerate(sizes) if i == 0 or w != sizes[i - 1]],
+                "nodes_left": len(nodes_up),
             }
         )
     finally:
@@ -548,12 +580,12 @@ def main() -> int:
             ray.shutdown()
         stopped = stop_all(token)
         print(f"stopped {stopped} process(es) of this scenario", flush=True)
+        events = summary.get("events", [])
         ok = (
             code == 0
             and summary.get("final_step") == a.steps
-            and summary.get("max_workers") == 2
-            and bool(summary.get("node_taken_away"))
-            and summary.get("reports_after_loss", 0) > 0
+            and [e["action"] for e in events] == ["shrink", "grow", "crash"]
+            and all(e["reports_after"] > 0 for e in events)
         )
         if not ok:
             try:
