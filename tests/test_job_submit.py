@@ -97,7 +97,7 @@ def submit(address: str, *entrypoint: str) -> dict:
 
 
 @pytest.mark.slow
-def test_jobs_submitted_to_a_ray_head(head, prepared, tmp_path):  # noqa: F811
+def test_jobs_submitted_to_a_ray_head(head, tmp_path):
     # the upload leaves out history, data and the environment (.rayignore, .gitignore)
     listing = submit(
         head, "python", "-c", "import json, os; print(json.dumps({'files': sorted(os.listdir('.'))}))"
@@ -125,15 +125,47 @@ def test_jobs_submitted_to_a_ray_head(head, prepared, tmp_path):  # noqa: F811
     manifest = json.load(open(os.path.join(corpus, "manifest.json")))
     assert manifest["complete"] is True
 
+    # the rest of the pipeline, each stage submitted as a job and reading the previous one's output
+    tok = str(tmp_path / "tokenizer")
+    res = submit(
+        head,
+        "python",
+        "jobs/train_tokenizer.py",
+        "--corpus",
+        corpus,
+        "--output",
+        tok,
+        "--vocab-size",
+        "4000",
+        "--limit-alphabet",
+        "1500",
+    )
+    assert res["ok"] and res["vocab_size"] == 4000
+    assert os.path.exists(os.path.join(tok, "vocab.txt"))
+    inst = str(tmp_path / "instances")
+    res = submit(
+        head,
+        "python",
+        "jobs/tokenize_corpus.py",
+        "--corpus",
+        corpus,
+        "--tokenizer",
+        tok,
+        "--output",
+        inst,
+        "--max-seq-length",
+        "64",
+    )
+    assert res["ok"] and res["instances"] > 100
     runs = str(tmp_path / "runs")
     res = submit(
         head,
         "python",
         "jobs/pretrain.py",
         "--data",
-        prepared["data"],
+        inst,
         "--tokenizer",
-        prepared["tokenizer"],
+        tok,
         "--storage-path",
         runs,
         "--name",
@@ -155,6 +187,12 @@ def test_jobs_submitted_to_a_ray_head(head, prepared, tmp_path):  # noqa: F811
     )
     assert res["ok"] and res["step"] == 4
     assert os.path.exists(os.path.join(runs, "submitted", "step_00000004", "meta.json"))
+    hf = str(tmp_path / "hf")
+    res = submit(head, "python", "jobs/export.py", "--run", os.path.join(runs, "submitted"), "--output", hf)
+    assert res["ok"]
+    for part in ("discriminator", "generator"):
+        assert os.path.exists(os.path.join(hf, part, "model.safetensors"))
+        assert os.path.exists(os.path.join(hf, part, "vocab.txt"))
 
 
 def test_a_stale_ray_start_record_is_recognized(tmp_path):
