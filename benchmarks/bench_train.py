@@ -87,6 +87,45 @@ def _result(device: str, times: float, steps: int, batch: int, cfg, extra: dict 
     return res
 
 
+def _model_and_optimizer(cfg, dev):
+    from electra_ray.model.electra import ElectraPretrainer
+    from electra_ray.train.optim import make_optimizer
+
+    model = ElectraPretrainer(cfg).to(dev)
+    model.tie()
+    opt, sched = make_optimizer(
+        model, lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=10, total=10**6
+    )
+    return model, opt, sched
+
+
+def fast_setup(preset: str, device: str, batch: int, steps: int, *, graphs: bool = True, flat: bool = False):
+    """(cfg, FastStep, DeviceInstances, the epoch's order on the device) for ``steps`` steps."""
+    import torch
+
+    from electra_ray.train.data import epoch_order
+    from electra_ray.train.fast import DeviceInstances, FastStep
+
+    cfg, arr = _setup(preset, device, batch, steps)
+    dev = torch.device(device)
+    model, opt, _ = _model_and_optimizer(cfg, dev)
+    data = DeviceInstances(arr, dev)
+    fast = FastStep(
+        model,
+        model,
+        opt,
+        device=dev,
+        micro=batch,
+        seq_len=SEQ,
+        slots=cfg.max_predictions(SEQ),
+        mask_id=4,
+        clip_norm=1.0,
+        graphs=graphs and device == "cuda",
+        flat=flat,
+    )
+    return cfg, fast, data, data.rows_of_epoch(0, epoch_order(arr.n, 0, 0))
+
+
 class _Clock:
     """Wall time of a window of steps: synchronises the device at the window's ends only."""
 
@@ -104,18 +143,12 @@ class _Clock:
 def run_plain(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
     import torch
 
-    from electra_ray.model.electra import ElectraPretrainer
     from electra_ray.model.masking import draw_masks, step_generator
     from electra_ray.train.data import build_batch, global_rows
-    from electra_ray.train.optim import make_optimizer
 
     cfg, arr = _setup(preset, device, batch, steps + warmup)
     dev = torch.device(device)
-    model = ElectraPretrainer(cfg).to(dev)
-    model.tie()
-    opt, sched = make_optimizer(
-        model, lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=10, total=10**6
-    )
+    model, opt, sched = _model_and_optimizer(cfg, dev)
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device == "cuda"
@@ -156,35 +189,11 @@ def run_fast(
 ) -> dict:
     import torch
 
-    from electra_ray.model.electra import ElectraPretrainer
-    from electra_ray.train.data import epoch_order
-    from electra_ray.train.fast import DeviceInstances, FastStep
-    from electra_ray.train.optim import lr_factor, make_optimizer
+    from electra_ray.train.optim import lr_factor
 
-    cfg, arr = _setup(preset, device, batch, steps + warmup)
-    dev = torch.device(device)
-    model = ElectraPretrainer(cfg).to(dev)
-    model.tie()
-    opt, _ = make_optimizer(
-        model, lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=10, total=10**6
-    )
-    data = DeviceInstances(arr, dev)
+    cfg, fast, data, order = fast_setup(preset, device, batch, steps + warmup, graphs=graphs, flat=flat)
     slots = cfg.max_predictions(SEQ)
-    fast = FastStep(
-        model,
-        model,
-        opt,
-        device=dev,
-        micro=batch,
-        seq_len=SEQ,
-        slots=slots,
-        mask_id=4,
-        clip_norm=1.0,
-        graphs=graphs and device == "cuda",
-        flat=flat,
-    )
     compile_s = fast.warm_up()
-    order = data.rows_of_epoch(0, epoch_order(arr.n, 0, 0))
     clock = _Clock(device)
     events = []
     for step in range(warmup + steps):

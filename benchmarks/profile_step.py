@@ -23,40 +23,15 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
     import torch
-    from bench_train import SEQ, SPECIAL, _setup  # noqa: E402  (benchmarks/ on sys.path)
+    from bench_train import SEQ, SPECIAL, fast_setup  # benchmarks/ is on sys.path
     from torch.profiler import ProfilerActivity, profile
 
-    from electra_ray.model.electra import ElectraPretrainer
-    from electra_ray.train.data import epoch_order
-    from electra_ray.train.fast import DeviceInstances, FastStep
-    from electra_ray.train.optim import make_optimizer
-
-    cfg, arr = _setup(a.preset, "cuda", a.batch, a.steps + 20)
-    dev = torch.device("cuda")
-    model = ElectraPretrainer(cfg).to(dev)
-    model.tie()
-    opt, _ = make_optimizer(
-        model, lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, warmup=10, total=10**6
-    )
-    data = DeviceInstances(arr, dev)
-    slots = cfg.max_predictions(SEQ)
     # graphs off: the profiler sees each kernel (a replayed graph shows as one launch)
-    fast = FastStep(
-        model,
-        model,
-        opt,
-        device=dev,
-        micro=a.batch,
-        seq_len=SEQ,
-        slots=slots,
-        mask_id=4,
-        clip_norm=1.0,
-        graphs=False,
-    )
+    cfg, fast, data, order = fast_setup(a.preset, "cuda", a.batch, a.steps + 20, graphs=False)
+    slots = cfg.max_predictions(SEQ)
     t = time.perf_counter()
     fast.warm_up()
     print(f"compile {time.perf_counter() - t:.0f} s", flush=True)
-    order = data.rows_of_epoch(0, epoch_order(arr.n, 0, 0))
 
     def one(step):
         ids, types, att = data.batch(order[step * a.batch : (step + 1) * a.batch], SEQ, 3)

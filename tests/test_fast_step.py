@@ -118,6 +118,21 @@ def _setup(device):
     return cfg, plain, fast, opts, batch, dens
 
 
+def fast_step(cfg, model, opt, device, flat):
+    return FastStep(
+        model,
+        model,
+        opt,
+        flat=flat,
+        device=torch.device(device),
+        micro=B,
+        seq_len=L,
+        slots=cfg.max_predictions(L),
+        mask_id=MASK,
+        clip_norm=1.0,
+    )
+
+
 def _plain_step(model, opt, batch, dens, seed, lr, scale=1.0):
     ids, types, att, m = batch
     torch.manual_seed(seed)
@@ -149,18 +164,7 @@ def fallback_random():
 @pytest.mark.parametrize("device", DEVICES)
 def test_fast_step_matches_plain_step(device, flat, fallback_random):
     cfg, plain, fast, (opt_p, opt_f), batch, dens = _setup(device)
-    step = FastStep(
-        fast,
-        fast,
-        opt_f,
-        flat=flat,
-        device=torch.device(device),
-        micro=B,
-        seq_len=L,
-        slots=cfg.max_predictions(L),
-        mask_id=MASK,
-        clip_norm=1.0,
-    )
+    step = fast_step(cfg, fast, opt_f, device, flat)
     before = [p.detach().clone() for p in fast.parameters()]
     step.warm_up()  # compiles (and captures) with the update disabled: nothing moves
     assert all(torch.equal(a, p) for a, p in zip(before, fast.parameters()))
@@ -191,18 +195,7 @@ def test_fast_step_matches_plain_step(device, flat, fallback_random):
 @pytest.mark.parametrize("device", DEVICES)
 def test_fast_step_skips_a_nonfinite_step_and_reloads_optimizer_state(device, flat, fallback_random):
     cfg, _, fast, (_, opt), batch, dens = _setup(device)
-    step = FastStep(
-        fast,
-        fast,
-        opt,
-        flat=flat,
-        device=torch.device(device),
-        micro=B,
-        seq_len=L,
-        slots=cfg.max_predictions(L),
-        mask_id=MASK,
-        clip_norm=1.0,
-    )
+    step = fast_step(cfg, fast, opt, device, flat)
     step.micro_step(*batch, *dens, seed=1)
     step.step(1e-3)
     saved_model = {k: v.clone() for k, v in fast.state_dict().items()}
