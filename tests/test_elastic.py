@@ -19,7 +19,7 @@ from test_pretrain import cfg, cli_args, quiet
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.trainer import pretrain
 
-STEPS = 160
+STEPS = 240  # room after the add: Ray Train sees a new node within ~20 s (its autoscaling coordinator refreshes every 20 s), then restarts
 RUN = {
     "max_steps": STEPS,
     "total_steps": STEPS,
