@@ -7,8 +7,10 @@ with probability ``mask_token_prob`` (0.85) and the original token otherwise (EL
 random replacement at this stage). Shapes never depend on the data, which keeps compiled steps and
 CUDA graphs valid.
 
-The random draws for a step come from one CPU generator seeded by (seed, step) over the *global*
-batch; a worker takes its rows. So step s masks the same positions on 1 worker or on 8.
+The random draws for a step come from one generator seeded by (seed, step) over the *global*
+batch; a worker takes its rows. So step s masks the same positions on 1 worker or on 8. The plain
+loop draws on the CPU; the fast step on CUDA draws on the GPU (same rules, other numbers), where its
+batches are built.
 """
 
 from __future__ import annotations
