@@ -123,7 +123,7 @@ def fast_setup(preset: str, device: str, batch: int, steps: int, *, graphs: bool
         graphs=graphs and device == "cuda",
         flat=flat,
     )
-    return cfg, fast, data, data.rows_of_epoch(0, epoch_order(arr.n, 0, 0))
+    return cfg, fast, data, data.rows_of_epoch(0, lambda: epoch_order(arr.n, 0, 0))
 
 
 class _Clock:

@@ -89,12 +89,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def global_rows(step: int, batch_size: int, n_train: int, seed: int) -> np.ndarray:
-    """Row indices of global step ``step``'s batch (the remainder of each epoch is skipped)."""
+def batch_position(step: int, batch_size: int, n_train: int) -> tuple[int, int]:
+    """(epoch, batch index within the epoch) of global batch ``step`` (each epoch's remainder is skipped)."""
     per_epoch = n_train // batch_size
     if per_epoch == 0:
         raise ValueError(f"only {n_train} training instances for a global batch of {batch_size}")
-    epoch, k = divmod(step, per_epoch)
+    return divmod(step, per_epoch)
+
+
+def global_rows(step: int, batch_size: int, n_train: int, seed: int) -> np.ndarray:
+    """Row indices of global step ``step``'s batch."""
+    epoch, k = batch_position(step, batch_size, n_train)
     return epoch_order(n_train, seed, epoch)[k * batch_size : (k + 1) * batch_size]
 
 

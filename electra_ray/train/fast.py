@@ -30,6 +30,7 @@ when Inductor's ``fallback_random`` is set (what the tests do), not bit for bit.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -43,9 +44,7 @@ from electra_ray.train.optim import adam_update
 
 
 def fast_step_enabled(setting: str, device: torch.device) -> bool:
-    """``--fast-step auto`` means on for CUDA, off for the CPU."""
-    if setting not in ("auto", "on", "off"):
-        raise ValueError(f"--fast-step must be auto, on or off, not {setting!r}")
+    """``--fast-step auto`` (validated by TrainConfig) means on for CUDA, off for the CPU."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
@@ -67,10 +66,10 @@ class DeviceInstances:
         self.device = device
         self._epoch: tuple[int, torch.Tensor] | None = None
 
-    def rows_of_epoch(self, epoch: int, rows: np.ndarray) -> torch.Tensor:
-        """The epoch's row order on the device, uploaded once per epoch."""
+    def rows_of_epoch(self, epoch: int, rows: Callable[[], np.ndarray]) -> torch.Tensor:
+        """The epoch's row order on the device: ``rows()`` is computed and uploaded once per epoch."""
         if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, torch.from_numpy(np.array(rows, dtype=np.int64)).to(self.device))
+            self._epoch = (epoch, torch.from_numpy(np.array(rows(), dtype=np.int64)).to(self.device))
         return self._epoch[1]
 
     def batch(self, rows: torch.Tensor, seq_len: int, pad_id: int):
@@ -182,13 +181,11 @@ class FastStep:
         compile_update: bool = False,
         graphs: bool | None = None,
         flat: bool = False,
-        log=print,
     ) -> None:
-        self.model, self.module, self.opt, self.device = model, module, opt, device
+        self.model, self.opt, self.device = model, opt, device
         self.amp = device.type == "cuda"
         self.mask_id, self.clip_norm = mask_id, clip_norm
         self.graphs = (device.type == "cuda" and model is module) if graphs is None else graphs
-        self.log = log
         self.acc = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
         self.bad = torch.zeros((), device=device, dtype=torch.float64)
         self.grad_norm = torch.zeros((), device=device, dtype=torch.float32)
@@ -259,11 +256,11 @@ class FastStep:
         """(Re)build the update's argument lists from the optimizer; call after loading its state
         (a rollback): graph-captured moments are copied into in place so the graphs stay valid."""
         groups = []
+        old = getattr(self, "_moments", {})
         for group in self.opt.param_groups:
             params = [p for p in group["params"] if p.requires_grad]
             if not params:
                 continue
-            old = getattr(self, "_moments", {})
             for p in params:
                 st = self.opt.state[p]
                 if not st:
@@ -318,16 +315,13 @@ class FastStep:
         self.acc.add_(metrics)
 
     def _step(self) -> None:
+        hyper = (self.lr, self.enable, self.clip_norm, self.betas, self.eps)
         if self.flat is not None:
-            norm, ok = _update_flat(
-                self.flat, self.segments, self.lr, self.enable, self.clip_norm, self.betas, self.eps
-            )
-            self.grad_norm.copy_(norm)
-            self.bad.add_((~ok).double())
-            return
-        if self._graph_upd is None:  # eager/compiled: the gradients as they are now
-            self.groups = [(ps, [p.grad for p in ps], ms, vs, wd) for ps, _, ms, vs, wd in self.groups]
-        norm, ok = self._upd(self.groups, self.lr, self.enable, self.clip_norm, self.betas, self.eps)
+            norm, ok = _update_flat(self.flat, self.segments, *hyper)
+        else:
+            if self._graph_upd is None:  # eager/compiled: the gradients as they are now
+                self.groups = [(ps, [p.grad for p in ps], ms, vs, wd) for ps, _, ms, vs, wd in self.groups]
+            norm, ok = self._upd(self.groups, *hyper)
         self.grad_norm.copy_(norm)
         self.bad.add_((~ok).double())
 

@@ -43,7 +43,14 @@ from electra_ray.train.checkpoint import (
     set_rng_state,
     upload_checkpoint,
 )
-from electra_ray.train.data import build_batch, epoch_order, global_rows, rows_digest, split_rows
+from electra_ray.train.data import (
+    batch_position,
+    build_batch,
+    epoch_order,
+    global_rows,
+    rows_digest,
+    split_rows,
+)
 from electra_ray.train.fast import DeviceInstances, FastStep, fast_step_enabled
 from electra_ray.train.metrics import peak_flops
 from electra_ray.train.optim import lr_factor, make_optimizer
@@ -250,8 +257,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         cursor = prog.cursor
         rows = train_rows[global_rows(cursor, tcfg.batch_size, n_train, tcfg.seed)]
         if on_device is not None:
-            epoch, k = divmod(cursor, n_train // tcfg.batch_size)
-            order = on_device.rows_of_epoch(epoch, train_rows[epoch_order(n_train, tcfg.seed, epoch)])
+            epoch, k = batch_position(cursor, tcfg.batch_size, n_train)
+            order = on_device.rows_of_epoch(
+                epoch, lambda e=epoch: train_rows[epoch_order(n_train, tcfg.seed, e)]
+            )
             g_ids, g_types, g_att = on_device.batch(
                 order[k * tcfg.batch_size : (k + 1) * tcfg.batch_size], seq_len, special["pad"]
             )
