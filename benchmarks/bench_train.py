@@ -16,7 +16,8 @@ implementation, on the CPU or a GPU; on the CPU also our loop under Ray Train (i
            position, sampling over the full vocabulary, torch's AdamW, ``.item()`` every step
            (bf16 autocast on a GPU)
 (ray)      CPU only: train/loop.py under Ray Train, 1 worker with both CPUs; tokens/s as the loop
-           measures it between reports (start-up excluded)
+           measures it between reports (start-up excluded), and the CPU cores the worker and all
+           other processes (Ray's services, the driver, anything else on the machine) used meanwhile
 Each variant runs in its own process (peak memory: CUDA's max allocated, or the process's max RSS).
 Random token ids, full sequences. MFU counts both networks (model.electra.flops_per_token) against
 the card's dense bf16 peak. The last line is one JSON object.
@@ -41,6 +42,7 @@ CPU_BATCH = {"tiny": 32, "small": 16, "small-samegen": 16, "base": 8}
 SEQ = 128
 VOCAB = 32768
 SPECIAL = (1, 2, 3, 4)  # [CLS] [SEP] [PAD] [MASK]
+THREADS = os.cpu_count() or 1  # torch threads on the CPU (--threads), = the Ray worker's CPUs
 
 
 def arrays(n: int, seq: int = SEQ, seed: int = 0):
@@ -62,7 +64,7 @@ def _setup(preset: str, device: str, batch: int, steps: int):
 
     torch.manual_seed(0)
     if device == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(THREADS)
     cfg = model_preset(preset, vocab_size=VOCAB, pad_token_id=3, max_position_embeddings=max(SEQ, 128))
     return cfg, arrays(batch * (steps + 8))
 
@@ -334,9 +336,11 @@ def run_ray(preset: str, device: str, batch: int, steps: int, warmup: int) -> di
         eval_every=10**6,
         eval_instances=8,
         max_failures=0,
-        cpus_per_worker=2,
+        cpus_per_worker=THREADS,
     )
+    samples = _CpuSampler()
     s = pretrain(cfg, log=lambda *_: None)
+    samples.stop()
     ray.shutdown()
     hist = [json.loads(ln) for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
     # the first report spans compilation/warm-up steps; the following ones are steady state
@@ -345,7 +349,57 @@ def run_ray(preset: str, device: str, batch: int, steps: int, warmup: int) -> di
     from electra_ray.config import model_preset
 
     cfg = model_preset(preset, vocab_size=VOCAB, pad_token_id=3)
-    return _result(device, b * SEQ / tps, 1, b, cfg)
+    res = _result(device, b * SEQ / tps, 1, b, cfg)
+    # where the machine's CPUs went between the first and the last steady-state report
+    start = max(h["time"] for h in hist if h["step"] <= 1 + log_every)
+    res.update(samples.split(start, steady[-1]["time"], worker="ray::RayTrainWorker"))
+    return res
+
+
+class _CpuSampler:
+    """Every process's CPU seconds (from /proc), sampled once a second in a thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from cpu_accounting import snapshot
+
+        self._snapshot = snapshot
+        self.samples: list[tuple[float, dict]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.samples.append((time.time(), self._snapshot()))
+            self._done.wait(1.0)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def split(self, t0: float, t1: float, worker: str) -> dict:
+        """CPU cores used by the worker and by every other process between t0 and t1."""
+        a = min(self.samples, key=lambda s: abs(s[0] - t0))
+        b = min(self.samples, key=lambda s: abs(s[0] - t1))
+        wall = b[0] - a[0]
+        if wall <= 0:
+            return {}
+        hz = os.sysconf("SC_CLK_TCK")
+        work = other = 0.0
+        for pid, (ticks, cmd) in b[1].items():
+            d = (ticks - a[1].get(pid, (0, ""))[0]) / hz
+            if cmd.startswith(worker):
+                work += d
+            else:
+                other += d
+        return {
+            "cpu_window_s": round(wall, 1),
+            "worker_cores": round(work / wall, 3),
+            "other_cores": round(other / wall, 3),
+        }
 
 
 VARIANTS = {
@@ -359,7 +413,9 @@ VARIANTS = {
 
 
 def child(spec: str) -> None:
+    global THREADS
     a = json.loads(spec)
+    THREADS = a.get("threads") or THREADS
     res = VARIANTS[a["variant"]](a["preset"], a["device"], a["batch"], a["steps"], a["warmup"])
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(res))
@@ -381,6 +437,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default: 128 on a GPU)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant")
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU: torch threads of every variant and the Ray worker's CPUs (default: all cores)",
+    )
     ap.add_argument("--timeout", type=float, default=900, help="seconds per variant before it is abandoned")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -404,7 +466,7 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "threads": a.threads or THREADS,
         },
         "seq_len": SEQ,
         "vocab": VOCAB,
@@ -416,7 +478,13 @@ def main() -> None:
         res: dict = {}
         for variant in variants:
             spec = dict(
-                variant=variant, preset=preset, device=a.device, batch=batch, steps=steps, warmup=warmup
+                variant=variant,
+                preset=preset,
+                device=a.device,
+                batch=batch,
+                steps=steps,
+                warmup=warmup,
+                threads=a.threads,
             )
             t = time.perf_counter()
             try:
@@ -436,7 +504,9 @@ def main() -> None:
             res[variant] = v = json.loads(r.stdout.strip().splitlines()[-1])
             mem = v.get("peak_mem_mb", v["peak_rss_mb"])
             more = "".join(
-                f", {k} {v[k]:.3g}" for k in ("mfu", "compile_s", "data_gpu_share", "gen_loss") if k in v
+                f", {k} {v[k]:.3g}"
+                for k in ("mfu", "compile_s", "data_gpu_share", "gen_loss", "worker_cores", "other_cores")
+                if k in v
             )
             print(
                 f"{preset:6s} {variant:8s} {batch}×{SEQ}: {v['steps_per_s']:8.2f} steps/s, "
