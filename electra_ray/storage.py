@@ -16,10 +16,13 @@ Contract:
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
 import random
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -314,3 +317,33 @@ def to_pyarrow_path(uri: str) -> str:
     if "://" in uri and not uri.startswith("file://"):
         return uri.split("://", 1)[1]
     return filesystem(uri)[1]
+
+
+# ------------------------------------------------------------------ local scratch folders
+
+
+def scratch_folder(prefix: str) -> str:
+    """A fresh folder in the local temp folder, named ``{prefix}{pid}-…`` after this process."""
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_dead_scratch(prefix: str, tmp: str | None = None) -> list[str]:
+    """Remove the ``scratch_folder(prefix)`` folders of processes that no longer exist (killed
+    before they could clean up); return their paths."""
+    removed = []
+    for path in glob.glob(os.path.join(tmp or tempfile.gettempdir(), f"{prefix}*-*")):
+        pid = os.path.basename(path)[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -91,7 +93,19 @@ def test_resume_is_exact_and_two_workers_match_one(prepared, tmp_path):
     assert two["final"]["gen_loss"] == pytest.approx(straight["final"]["gen_loss"], rel=1e-4)
 
 
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
 def test_tiny_model_learns(prepared, tmp_path):
+    """... and leaves no local folders behind; those of a killed worker (a checkpoint not yet
+    uploaded) and of a killed driver (TensorBoard files) are removed when a run starts."""
+    tmp = tempfile.gettempdir()
+    stale = [tempfile.mkdtemp(prefix=f"electra-{kind}-{dead_pid()}-", dir=tmp) for kind in ("ckpt", "tb")]
+    open(os.path.join(stale[0], "model.pt"), "wb").close()
+    before = set(glob.glob(os.path.join(tmp, "electra-*")))
     s = pretrain(
         cfg(
             prepared,
@@ -110,6 +124,28 @@ def test_tiny_model_learns(prepared, tmp_path):
     assert hist[-1]["loss"] < hist[0]["loss"]
     f = s["final"]
     assert f["eval_gen_acc"] > 1 / 2000 * 10, "generator far above chance on held-out instances"
+    assert not any(map(os.path.exists, stale)), "dead processes' local folders are removed"
+    left = set(glob.glob(os.path.join(tmp, "electra-*"))) - before
+    assert not left, f"the run left local folders behind: {left}"
+
+
+def test_stale_local_checkpoint_folders(tmp_path):
+    """Only the folders of processes that are gone are removed."""
+    from electra_ray.train.checkpoint import local_checkpoint_folder, remove_stale_checkpoint_folders
+
+    dead = tmp_path / f"electra-ckpt-{dead_pid()}-abc"
+    live = tmp_path / f"electra-ckpt-{os.getpid()}-abc"
+    other = tmp_path / "electra-ckpt-notapid"
+    for d in (dead, live, other):
+        d.mkdir()
+    assert remove_stale_checkpoint_folders(str(tmp_path)) == [str(dead)]
+    assert live.exists() and other.exists() and not dead.exists()
+    mine = local_checkpoint_folder()
+    try:
+        assert os.path.basename(mine).startswith(f"electra-ckpt-{os.getpid()}-")
+        assert mine not in remove_stale_checkpoint_folders()
+    finally:
+        os.rmdir(mine)
 
 
 def test_pretrain_straight_from_a_corpus(prepared, tmp_path):

@@ -24,8 +24,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from electra_ray import storage
+
 FORMAT_VERSION = 1
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
+LOCAL_PREFIX = "electra-ckpt-"
+
+
+def local_checkpoint_folder() -> str:
+    """A fresh local folder for one checkpoint before its upload (Ray Train deletes it once uploaded).
+
+    A worker killed before that leaves a whole checkpoint behind (model and optimizer state: ~0.2 GB
+    for ``small``, ~1.3 GB for ``base``); ``remove_stale_checkpoint_folders``, run when a worker
+    starts, removes those of dead processes, so restarts on a long run do not fill the node's disk.
+    """
+    return storage.scratch_folder(LOCAL_PREFIX)
+
+
+def remove_stale_checkpoint_folders(tmp: str | None = None) -> list[str]:
+    return storage.remove_dead_scratch(LOCAL_PREFIX, tmp)
 
 
 @dataclass

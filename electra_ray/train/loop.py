@@ -20,7 +20,6 @@ that checkpoint's state (kept in host memory) and the data cursor moves on past 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -37,7 +36,9 @@ from electra_ray.train.checkpoint import (
     check_compatible,
     load_model_state,
     load_train_state,
+    local_checkpoint_folder,
     read_meta,
+    remove_stale_checkpoint_folders,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -118,6 +119,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     lo, share = first_micro * micro, accum * micro
     inject = frozenset(tcfg.inject_nonfinite)
 
+    stale = remove_stale_checkpoint_folders()  # left on this node by workers killed mid-upload
+    if stale:
+        print(f"rank {rank}: removed {len(stale)} local checkpoint folder(s) of dead workers", flush=True)
     if device.type == "cpu":
         torch.set_num_threads(tcfg.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1 unless told otherwise
     torch.manual_seed(tcfg.seed)  # same initial weights on every rank
@@ -428,7 +432,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             since_ckpt_bad = 0
             last_good = snapshot()
         if want_ckpt and rank == 0:
-            folder = tempfile.mkdtemp(prefix="electra-ckpt-")  # deleted after the upload
+            folder = local_checkpoint_folder()  # deleted after the upload
             save_checkpoint(
                 folder,
                 model_state=last_good["model"]

@@ -1,6 +1,7 @@
 """Where the training metrics go: metrics.jsonl and TensorBoard events in the run folder, and curves.
 
-``MetricsLogger`` is a Ray Train ``UserCallback``: it runs in the train controller, receives rank
+``MetricsLogger`` is a Ray Train ``UserCallback``: it runs in the train controller (on the driver's
+node, so the driver can remove its local TensorBoard folder at the end), receives rank
 0's metrics after every ``ray.train.report`` and writes them to the run folder (local or s3://) as
 they come, so a killed run keeps its history. A resumed run continues the files: rows at or after
 the resume step are replaced (TensorBoard's ``purge_step`` does the same for the event files).
@@ -14,7 +15,6 @@ import glob
 import io
 import json
 import os
-import tempfile
 from typing import Any
 
 from electra_ray import storage
@@ -57,11 +57,11 @@ def _base():
 class MetricsLogger(_base()):
     """Writes each report of rank 0 to ``{run}/metrics.jsonl`` and ``{run}/tensorboard/``."""
 
-    def __init__(self, run: str) -> None:
+    def __init__(self, run: str, tb_dir: str) -> None:
         self.run = run
         self.rows: list[dict[str, Any]] | None = None
         self.writer = None
-        self.tb_dir: str | None = None
+        self.tb_dir = tb_dir  # local event files, copied to {run}/tensorboard/; the driver removes it
         self.failing = False
         self.events: list[dict[str, Any]] = []
 
@@ -76,7 +76,7 @@ class MetricsLogger(_base()):
             self.events = [json.loads(ln) for ln in storage.read_text(events).splitlines() if ln.strip()]
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb_dir = tempfile.mkdtemp(prefix="electra-tb-")
+        os.makedirs(self.tb_dir, exist_ok=True)
         self.writer = SummaryWriter(self.tb_dir, purge_step=first_step)
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:

@@ -8,6 +8,7 @@ job again with the same name resumes from the latest committed checkpoint.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 from electra_ray import storage
@@ -150,6 +151,9 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
         if cfg.num_workers_min == cfg.num_workers_max
         else (cfg.num_workers_min, cfg.num_workers_max)
     )
+    # the controller's local TensorBoard files (a killed driver's are removed by the next run)
+    storage.remove_dead_scratch("electra-tb-")
+    tb_dir = storage.scratch_folder("electra-tb-")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -175,10 +179,13 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
             **where,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            callbacks=[MetricsLogger(run)],
+            callbacks=[MetricsLogger(run, tb_dir)],
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:  # the controller (on this node) wrote its event files there; they are in the run folder
+        shutil.rmtree(tb_dir, ignore_errors=True)
     if result.error:
         raise result.error
     ret = result.return_value or {}
