@@ -63,6 +63,7 @@ def main() -> None:
     specials = torch.tensor([vocab[t] for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")])
     pad = vocab["[PAD]"]
     arrays = load_instances(a.instances)
+    seq_len = int(max(arrays.offsets[1:] - arrays.offsets[:-1]))  # the instances' max_seq_length
     over = {} if a.dropout is None else {"dropout": a.dropout}
     cfg = model_preset(a.preset, vocab_size=len(vocab), pad_token_id=pad, **over)
     torch.manual_seed(a.seed)
@@ -76,7 +77,7 @@ def main() -> None:
     weights[specials] = 0
 
     def batch(rows, gen: torch.Generator):
-        ids, types, att = (torch.from_numpy(x).long() for x in build_batch(arrays, rows, 128, pad))
+        ids, types, att = (torch.from_numpy(x).long() for x in build_batch(arrays, rows, seq_len, pad))
         eligible = att.bool() & ~torch.isin(ids, specials)
         replace = (torch.rand(ids.shape, generator=gen) < 0.15) & eligible
         if a.task == "repeat":
