@@ -2,7 +2,7 @@
 implementation, on the CPU or a GPU; on the CPU also our loop under Ray Train (its overhead).
 
     python benchmarks/bench_train.py --device cuda --preset small,base [--quick]
-    python benchmarks/bench_train.py --device cpu --preset tiny,small [--variants plain,hf,ray]
+    python benchmarks/bench_train.py --device cpu --preset tiny,small [--variants plain,hf,ray] [--threads N]
 
 (fast)     train/fast.py: compiled forward+loss and update (Inductor, static shapes), CUDA graphs on
            a GPU, batches gathered and masked on the device from the token ids resident there,
