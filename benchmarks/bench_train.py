@@ -35,6 +35,8 @@ import sys
 import tempfile
 import time
 
+from cpu_accounting import cpu_seconds, snapshot
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -362,10 +364,6 @@ class _CpuSampler:
     def __init__(self) -> None:
         import threading
 
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from cpu_accounting import snapshot
-
-        self._snapshot = snapshot
         self.samples: list[tuple[float, dict]] = []
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -373,7 +371,7 @@ class _CpuSampler:
 
     def _run(self) -> None:
         while not self._done.is_set():
-            self.samples.append((time.time(), self._snapshot()))
+            self.samples.append((time.time(), snapshot()))
             self._done.wait(1.0)
 
     def stop(self) -> None:
@@ -387,14 +385,12 @@ class _CpuSampler:
         wall = b[0] - a[0]
         if wall <= 0:
             return {}
-        hz = os.sysconf("SC_CLK_TCK")
         work = other = 0.0
-        for pid, (ticks, cmd) in b[1].items():
-            d = (ticks - a[1].get(pid, (0, ""))[0]) / hz
+        for secs, cmd in cpu_seconds(a[1], b[1]):
             if cmd.startswith(worker):
-                work += d
+                work += secs
             else:
-                other += d
+                other += secs
         return {
             "cpu_window_s": round(wall, 1),
             "worker_cores": round(work / wall, 3),

@@ -32,6 +32,17 @@ def snapshot() -> dict[str, tuple[int, str]]:
     return out
 
 
+def cpu_seconds(
+    before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]]
+) -> list[tuple[float, str]]:
+    """(CPU seconds, command line) of each process in ``after`` since ``before``."""
+    hz = os.sysconf("SC_CLK_TCK")
+    return [
+        ((ticks - before.get(pid, (0, ""))[0]) / hz, cmd or f"pid {pid}")
+        for pid, (ticks, cmd) in after.items()
+    ]
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["--"]:
@@ -46,11 +57,7 @@ def main() -> None:
         last.update(snapshot())
         time.sleep(0.3)
     wall = time.time() - t0
-    hz = os.sysconf("SC_CLK_TCK")
-    rows = sorted(
-        ((ticks - before.get(pid, (0, ""))[0]) / hz, cmd or f"pid {pid}")
-        for pid, (ticks, cmd) in last.items()
-    )
+    rows = sorted(cpu_seconds(before, last))
     rows = [r for r in reversed(rows) if r[0] > 0]
     print(
         f"\nwall {wall:.1f} s, CPU {sum(r[0] for r in rows):.1f} s over {len(rows)} processes (exit {proc.returncode})"

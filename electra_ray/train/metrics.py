@@ -54,6 +54,9 @@ def _base():
         return object
 
 
+TB_PREFIX = "electra-tb-"  # the local TensorBoard folder: storage.scratch_folder(TB_PREFIX), by the driver
+
+
 class MetricsLogger(_base()):
     """Writes each report of rank 0 to ``{run}/metrics.jsonl`` and ``{run}/tensorboard/``."""
 

@@ -103,7 +103,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
 
     from electra_ray.train.data import arrays_from_tables, load_instances
     from electra_ray.train.loop import train_loop_per_worker
-    from electra_ray.train.metrics import MetricsLogger, plot_curves
+    from electra_ray.train.metrics import TB_PREFIX, MetricsLogger, plot_curves
 
     enc, tok = open_tokenizer(cfg.tokenizer)
     tok_folder = local_tokenizer(cfg.tokenizer)
@@ -152,8 +152,8 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
         else (cfg.num_workers_min, cfg.num_workers_max)
     )
     # the controller's local TensorBoard files (a killed driver's are removed by the next run)
-    storage.remove_dead_scratch("electra-tb-")
-    tb_dir = storage.scratch_folder("electra-tb-")
+    storage.remove_dead_scratch(TB_PREFIX)
+    tb_dir = storage.scratch_folder(TB_PREFIX)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
