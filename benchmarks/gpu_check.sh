@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared run (issue 7): what the card is, the fast-step tests on CUDA, then
-# bench_train.py on small (plain, hf, fast, flat, compiled) and base (fast, plain, hf).
+# bench_train.py on small (plain, hf, fast, flat, compiled) and base (fast, plain, hf), and, when
+# the wheels of Ray travel with it (benchmarks/gpu_wheels.py), pretraining under Ray Train
+# (benchmarks/gpu_ray_check.sh).
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
+#   STAGES="small ray" … runs only those stages (of: small base tests ray; all by default). Their
+#   time limits (SMALL_S 300, BASE_S 200, TEST_S 120 s; the ray stage's RUN1_S 240 + RUN2_S 180 +
+#   120 s) add up to more than a session's 15 device minutes with the machine's start: pick.
 # Logs go to $OUT; the last lines of each bench log are its JSON.
 set -u
 OUT=${OUT:-bench_output}
@@ -13,12 +18,28 @@ stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
 stamp "card"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/gpu.txt"
+STAGES=" ${STAGES:-small base tests ray} "
+on() { [[ "$STAGES" == *" $1 "* ]]; }
+if on small; then
 stamp "bench small"
 timeout "${SMALL_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset small --variants plain,hf,fast,flat,compiled \
   --steps "${STEPS:-60}" --timeout 200 2>&1 | tee "$OUT/bench_small.log"
+fi
+if on base; then
 stamp "bench base"
 timeout "${BASE_S:-200}" $PY benchmarks/bench_train.py --device cuda --preset base --variants plain,hf,fast \
   --steps "${STEPS:-30}" --timeout 150 2>&1 | tee "$OUT/bench_base.log"
+fi
+if on tests; then
 stamp "fast-step tests on CUDA"
 timeout "${TEST_S:-120}" $PY -m pytest -q --noconftest -p no:cacheprovider tests/test_fast_step.py 2>&1 | tee "$OUT/tests.log"
+fi
+if on ray; then
+  if ls "${WHL:-.whl}"/ray-*.whl >/dev/null 2>&1 || $PY -c "import ray" 2>/dev/null; then
+    stamp "pretraining under Ray Train"
+    OUT=$OUT PY=$PY bash benchmarks/gpu_ray_check.sh
+  else
+    stamp "no Ray and no .whl/: the Ray Train stage is skipped (python benchmarks/gpu_wheels.py, carry .whl)"
+  fi
+fi
 stamp "done"

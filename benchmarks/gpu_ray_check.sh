@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Pretraining under Ray Train on a GPU (issue 4), the job exactly as a user runs it: `small`, bf16,
+# the fast step, checkpoints; then the same run resumed for more steps, exported, and the export
+# loaded with the Auto classes on the GPU.
+#
+# Here, first:   make demo && python benchmarks/gpu_wheels.py   (instances + the wheels the image lacks)
+# On the GPU machine (device run, carry [".whl", "demo_output/instances", "demo_output/tokenizer"]):
+#   OUT=$OUT bash benchmarks/gpu_ray_check.sh          (or through benchmarks/gpu_check.sh)
+# Logs and metrics.jsonl go to $OUT; the last line is one JSON object.
+# A dry run of the same script on a CPU (checks that the wheels are all Ray Train needs, in a venv
+# holding only what the GPU image holds): DEVICE=cpu PRESET=tiny STEPS1=40 STEPS2=60 CPUS=1 bash …
+set -u
+OUT=${OUT:-bench_output}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+DATA=${DATA:-demo_output}
+WHL=${WHL:-.whl}
+STEPS1=${STEPS1:-2000}   # first run
+STEPS2=${STEPS2:-2500}   # resumed to here
+DEVICE=${DEVICE:-cuda}
+PRESET=${PRESET:-small}
+GPU_FLAG=(); [ "$DEVICE" = cuda ] && GPU_FLAG=(--use-gpu)
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# without Ray's dashboard packages (not carried) the state API is off: drop the cleaner's complaint
+quiet() { grep --line-buffered -v "State API may be temporarily unavailable" | tee "$1"; }
+T0=$(date +%s)
+stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
+
+if ! $PY -c "import ray" 2>/dev/null; then
+  if ! ls "$WHL"/ray-*.whl >/dev/null 2>&1; then
+    echo "no Ray here and no .whl/ to install it from: run 'python benchmarks/gpu_wheels.py' and carry .whl"
+    exit 2
+  fi
+  stamp "installing $(ls "$WHL" | wc -l) wheels into /tmp/site"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHL"/*.whl || exit 2
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  export PATH=/tmp/site/bin:$PATH
+fi
+for d in instances tokenizer; do
+  [ -d "$DATA/$d" ] || { echo "$DATA/$d: missing (make demo here, then carry it)"; exit 2; }
+done
+$PY -c "import ray, torch; print('ray', ray.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 2
+
+RUNS=/tmp/gpu-ray-runs
+rm -rf "$RUNS" /tmp/gpu-ray-hf
+args=(--data "$DATA/instances" --tokenizer "$DATA/tokenizer" --storage-path "$RUNS" --name run
+      --preset "$PRESET" "${GPU_FLAG[@]}" --num-workers 1 --cpus-per-worker "${CPUS:-8}" --batch-size 128
+      --total-steps "$STEPS2" --warmup-steps 500 --log-every 250 --checkpoint-every 1000
+      --eval-every 1000 --eval-instances 256)
+stamp "pretrain.py --preset $PRESET ${GPU_FLAG[*]}, $STEPS1 steps"
+timeout "${RUN1_S:-240}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS1" 2>&1 | quiet "$OUT/ray_run.log"
+stamp "the same run resumed to $STEPS2 steps"
+timeout "${RUN2_S:-180}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
+cp "$RUNS/run/metrics.jsonl" "$OUT/ray_metrics.jsonl" 2>/dev/null
+stamp "export"
+timeout 120 $PY jobs/export.py --run "$RUNS/run" --output /tmp/gpu-ray-hf 2>&1 | tee "$OUT/ray_summary.log"
+stamp "the export on $DEVICE"
+DEVICE=$DEVICE $PY - <<'EOF' 2>&1 | tee -a "$OUT/ray_summary.log"
+import json, os, torch
+dev = os.environ["DEVICE"]
+from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+rows = [json.loads(l) for l in open("/tmp/gpu-ray-runs/run/metrics.jsonl")]
+train = [r for r in rows if "steps_per_s" in r]
+evals = [r for r in rows if "eval_disc_acc" in r]
+out = {"steps": rows[-1]["step"], "steps_per_s": [round(r["steps_per_s"], 1) for r in train],
+       "data_wait_share": [round(r.get("data_wait_share", 0), 4) for r in train],
+       "mfu": [round(r["mfu"], 4) for r in train if "mfu" in r],
+       "gen_loss": [round(r["gen_loss"], 3) for r in train], "disc_loss": [round(r["disc_loss"], 4) for r in train]}
+if evals:
+    e = evals[-1]
+    out.update(eval_gen_acc=e["eval_gen_acc"], eval_disc_acc=e["eval_disc_acc"],
+               eval_baseline=1 - e["eval_replaced_share"], eval_recall=e["eval_replaced_recall"])
+for kind, cls in (("discriminator", AutoModelForPreTraining), ("generator", AutoModelForMaskedLM)):
+    m = cls.from_pretrained(f"/tmp/gpu-ray-hf/{kind}").to(dev).eval()
+    ids = torch.randint(5, m.config.vocab_size, (8, 128), device=dev)
+    with torch.no_grad(), torch.autocast(dev, torch.bfloat16):
+        out[f"{kind}_logits_finite"] = bool(torch.isfinite(m(input_ids=ids).logits).all())
+print(json.dumps(out))
+EOF
+stamp "done"
