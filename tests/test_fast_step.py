@@ -156,7 +156,7 @@ def test_fast_step_matches_plain_step(device, flat, fallback_random):
     assert all(torch.equal(a, p) for a, p in zip(before, fast.parameters()))
     assert step.acc.abs().sum() == 0 and step.bad == 0
     gpu = device == "cuda"
-    assert step.state() == {"graphs": gpu, "compiled": True, "flat": flat}
+    assert step.state() == {"graphs": gpu, "compiled": True, "flat": flat, "all_reduce": None}
     if flat:  # the parameters, gradients and moments are views of one buffer each
         p = next(fast.parameters())
         assert p.data_ptr() == step.flat[0].data_ptr() and p.grad.data_ptr() == step.flat[1].data_ptr()
@@ -206,6 +206,65 @@ def test_fast_step_skips_a_nonfinite_step_and_reloads_optimizer_state(device, fl
     step.step(1e-3)
     for a, p in zip(after_good, fast.parameters()):
         torch.testing.assert_close(a, p, rtol=0, atol=1e-6 if device == "cpu" else 1e-3)
+
+
+def _two_micro_steps(step, batch, dens, k, ranks, scale):
+    """Micro-batches ``ranks`` of the batch's two halves (seeded by their index, as the loop does)."""
+    ids, types, att, m = batch
+    h = B // 2
+    for r in ranks:
+        sl = slice(r * h, (r + 1) * h)
+        step.micro_step(
+            ids[sl], types[sl], att[sl], m.rows(r * h, (r + 1) * h), *dens, seed=100 * k + r, scale=scale
+        )
+
+
+def _rank(rank: int, folder: str) -> None:
+    """One of two gloo ranks: FastStep(world=2) on its half of each batch; rank 1 starts from other
+    weights, which the broadcast must replace. Rank 0 saves its parameters and gradient norms."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    cfg, _, model, (_, opt), batch, dens = _setup("cpu")
+    if rank == 1:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+    step = FastStep(
+        model, model, opt, device=torch.device("cpu"), micro=B // 2, seq_len=L,
+        slots=cfg.max_predictions(L), mask_id=MASK, clip_norm=1.0, compile=False, world=2,
+    )  # fmt: skip
+    assert step.state()["flat"] and step.state()["all_reduce"] == "flat"
+    norms = []
+    for k in range(3):
+        _two_micro_steps(step, batch, dens, k, [rank], scale=2.0)  # the loop's scale: the world size
+        step.step(1e-3)
+        norms.append(float(step.grad_norm))
+    if rank == 0:
+        torch.save({"params": [p.detach() for p in model.parameters()], "norms": norms}, f"{folder}/rank0.pt")
+    dist.destroy_process_group()
+
+
+def test_fast_step_on_two_ranks_equals_one_rank_with_both_micro_batches(tmp_path):
+    """Several workers without DDP: the flat gradient all-reduced in ``step`` gives one worker's update
+    over the same two micro-batches, and a rank that started from other weights takes rank 0's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank, args=(str(tmp_path),), nprocs=2, join=True)
+    got = torch.load(tmp_path / "rank0.pt")
+    cfg, _, model, (_, opt), batch, dens = _setup("cpu")
+    step = FastStep(
+        model, model, opt, device=torch.device("cpu"), micro=B // 2, seq_len=L,
+        slots=cfg.max_predictions(L), mask_id=MASK, clip_norm=1.0, compile=False,
+    )  # fmt: skip
+    norms = []
+    for k in range(3):
+        _two_micro_steps(step, batch, dens, k, [0, 1], scale=1.0)
+        step.step(1e-3)
+        norms.append(float(step.grad_norm))
+    assert got["norms"] == pytest.approx(norms, rel=1e-5)
+    for want, p in zip(model.parameters(), got["params"]):
+        torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-6)
 
 
 def test_fast_step_setting():

@@ -13,8 +13,10 @@ update) and differs only in how it runs:
   over 10 minutes on ~400 parameter tensors on the CPU, for 0.07 s a step saved there;
 - shapes never depend on the data: a fixed number of masked slots per sequence
   (``model.masking``), fixed micro-batch shapes, so one compilation serves the whole run;
-- on CUDA with one worker, the forward+backward of a micro-batch and the update are each captured
-  once in a CUDA graph and replayed: a step is a few small copies and two replays;
+- on CUDA, the forward+backward of a micro-batch and the update are each captured once in a CUDA
+  graph and replayed: a step is a few small copies and two replays. With several workers the
+  model is not wrapped in DDP (its gradient hooks cannot be captured): the gradients live in one
+  flat buffer, and ``step`` all-reduces it with one collective between the two replays;
 - the metric sums accumulate in a device buffer that the loop reads every ``log_every`` steps;
 - the token ids live on the device (``DeviceInstances``, the corpus as uint16 ≈ 1.5 GB for all of
   Japanese Wikipedia); a batch is gathered and masked there from a per-epoch permutation uploaded
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from electra_ray.model.electra import METRIC_NAMES
 from electra_ray.model.masking import Masks, draw_masks, step_generator
@@ -155,9 +158,12 @@ def _update_flat(flat, segments, lr, enable, clip_norm, betas, eps):
 class FastStep:
     """One optimizer step over a worker's micro-batches, compiled (and graph-captured on CUDA).
 
-    ``model`` is what the loop calls (the DDP wrapper when there are several workers: then no CUDA
-    graphs, DDP's bucketed all-reduce overlaps the backward pass); ``module`` is the bare model
-    whose parameters ``opt`` updates. ``acc`` holds the metric sums since the last ``acc.zero_()``,
+    ``model`` is what the loop calls; ``module`` is the bare model whose parameters ``opt`` updates.
+    With several workers either ``model`` is the DDP wrapper (DDP's bucketed all-reduce overlaps
+    the backward pass; no CUDA graphs), or ``model`` is ``module`` and ``world`` > 1: then the
+    parameters are made flat, rank 0's weights are broadcast, and ``step`` all-reduces the flat
+    gradient (one collective, outside the captured graphs), so the graphs work on several GPUs too;
+    this is what the loop does. ``acc`` holds the metric sums since the last ``acc.zero_()``,
     ``bad`` the number of skipped (non-finite) steps, ``grad_norm`` the last step's gradient norm.
 
     ``flat`` (off by default until measured on a GPU; ``bench_train.py --variants flat``) moves the parameters, gradients and Adam moments into one
@@ -181,8 +187,12 @@ class FastStep:
         compile_update: bool = False,
         graphs: bool | None = None,
         flat: bool = False,
+        world: int = 1,
     ) -> None:
-        self.model, self.opt, self.device = model, opt, device
+        self.model, self.module, self.opt, self.device = model, module, opt, device
+        # ranks whose gradients ``step`` all-reduces itself (DDP does it when it wraps the model)
+        self.world = world if model is module else 1
+        flat = flat or self.world > 1
         self.amp = device.type == "cuda"
         self.mask_id, self.clip_norm = mask_id, clip_norm
         self.graphs = (device.type == "cuda" and model is module) if graphs is None else graphs
@@ -211,6 +221,13 @@ class FastStep:
         self.segments: list[tuple[int, int, float]] = []
         if flat:
             self._flatten()
+        if self.world > 1:
+            if self.flat is None:
+                raise ValueError(
+                    "the fast step on several workers keeps parameters in one flat buffer: they must "
+                    "share one dtype and device"
+                )
+            dist.broadcast(self.flat[0], src=0)  # every rank starts from rank 0's weights, as with DDP
         self.bind_optimizer_state()
         fwd = _forward
         upd = _update
@@ -379,7 +396,8 @@ class FastStep:
         x["show"].copy_(masks.show_mask, non_blocking=True)
         x["gen_den"].copy_(gen_den, non_blocking=True)
         x["disc_den"].copy_(disc_den, non_blocking=True)
-        x["loss_scale"].fill_(scale)
+        # ``scale`` turns DDP's mean over ranks into a sum; the flat all-reduce already sums
+        x["loss_scale"].fill_(scale / self.world)
         torch.manual_seed(seed)  # dropout and Gumbel noise (a graph replay reads the generator's state)
         if self._graph_fwd is not None:
             self._graph_fwd.replay()
@@ -389,6 +407,9 @@ class FastStep:
     def step(self, lr: float) -> None:
         """Clip, skip if non-finite, update with learning rate ``lr``, zero the gradients."""
         self.lr.fill_(lr)
+        if self.world > 1:  # the global gradient, between the two graphs (NCCL, or gloo on CPUs)
+            assert self.flat is not None
+            dist.all_reduce(self.flat[1])
         if self._graph_upd is not None:
             self._graph_upd.replay()
         else:
@@ -399,4 +420,5 @@ class FastStep:
             "graphs": self._graph_fwd is not None,
             "compiled": self._fwd is not _forward,
             "flat": self.flat is not None,
+            "all_reduce": "flat" if self.world > 1 else ("ddp" if self.model is not self.module else None),
         }

@@ -167,15 +167,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 flush=True,
             )
     model.check_tying()
-    ddp_model = ray.train.torch.prepare_model(model)  # moves to the device; DDP when world > 1
+    fast_on = fast_step_enabled(tcfg.fast_step, device)
+    # moves to the device; DDP when world > 1, except for the fast step, which all-reduces its flat
+    # gradient buffer itself so that its CUDA graphs work on several GPUs (DDP's hooks can't be captured)
+    ddp_model = ray.train.torch.prepare_model(model, parallel_strategy=None if fast_on else "ddp")
     model.check_tying()
     use_amp = device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
     fast = None
-    if fast_step_enabled(tcfg.fast_step, device):
+    if fast_on:
         fast = FastStep(
-            ddp_model,
+            model,
             model,
             opt,
             device=device,
@@ -184,9 +187,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             slots=min(mcfg.max_predictions(seq_len), seq_len),
             mask_id=special["mask"],
             clip_norm=tcfg.clip_norm,
+            world=world,
         )
         if rank == 0:
-            print(f"fast step: compiling{' and capturing CUDA graphs' if fast.graphs else ''}…", flush=True)
+            print(
+                f"fast step: compiling{' and capturing CUDA graphs' if fast.graphs else ''}"
+                f"{f'; {world} workers, one all-reduce of the flat gradients per step' if world > 1 else ''}…",
+                flush=True,
+            )
         took = fast.warm_up()
         if rank == 0:
             print(f"fast step ready in {took:.0f} s", flush=True)
