@@ -214,6 +214,39 @@ def test_config_errors():
         TrainConfig(data="d", corpus="c", tokenizer="t", storage_path="s", name="n")
 
 
+def test_a_worker_group_that_cannot_be_placed(prepared, tmp_path, monkeypatch):
+    """On a Ray this process started (it cannot grow) a run that needs more than the machine has
+    stops at once with what is missing and writes nothing; on a cluster that may grow it says what
+    it waits for. (Ray Train alone retries the placement for minutes, then times out.)"""
+    import electra_ray.train.trainer as trainer
+
+    runs = str(tmp_path / "runs")
+    cases = (
+        (
+            {"use_gpu": True},
+            "1 CPU + 1 GPU each do not fit on this Ray (1 node(s), 2 CPU, 0 GPU; room for 0)",
+        ),
+        (
+            {"num_workers_min": 3, "num_workers_max": 3, "batch_size": 24},
+            "3 training worker(s) of 1 CPU each",
+        ),
+        ({"cpus_per_worker": 3}, "of 3 CPU each do not fit on this Ray (1 node(s), 2 CPU; room for 0)"),
+    )
+    for kw, want in cases:
+        with pytest.raises(ValueError, match="this job started a local Ray, which cannot grow") as e:
+            pretrain(cfg(prepared, runs, "nofit", **kw), **quiet)
+        assert want in str(e.value)
+        hint = "drop --use-gpu" if kw.get("use_gpu") else "lower --num-workers or --cpus-per-worker"
+        assert hint in str(e.value)
+    assert not os.path.exists(runs)
+    # an elastic range whose lower end fits is fine; a cluster that may grow is waited for
+    trainer.check_cluster_fits(cfg(prepared, runs, "e", num_workers_min=2, num_workers_max=4, batch_size=32))
+    said = []
+    monkeypatch.setattr(trainer, "_started_here", lambda: False)
+    trainer.check_cluster_fits(cfg(prepared, runs, "w", use_gpu=True), log=said.append)
+    assert said and "waiting for the cluster to add nodes" in said[0]
+
+
 def _job(*args):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
     return subprocess.run(

@@ -94,6 +94,48 @@ def storage_for_ray(path: str) -> dict[str, Any]:
     return {"storage_path": os.path.abspath(path)}
 
 
+def _started_here() -> bool:
+    """True when this process started the Ray it is connected to (``ray.init`` with no cluster to
+    join): such a Ray has no autoscaler and never grows."""
+    try:
+        import ray._private.worker as worker
+
+        node = worker._global_node
+        return bool(node is not None and node.head)
+    except Exception:  # noqa: BLE001 - a Ray without this attribute: assume it may grow
+        return False
+
+
+def check_cluster_fits(cfg: TrainConfig, *, log=print) -> None:
+    """Fail at once, with what is missing, when the smallest worker group cannot be placed on a
+    Ray that cannot grow; on a cluster that may (an autoscaler, nodes still joining), say what the
+    run waits for. Without this, Ray Train retries the placement for minutes, then fails with a
+    generic timeout."""
+    import ray
+
+    need = {"CPU": float(cfg.cpus_per_worker), **({"GPU": 1.0} if cfg.use_gpu else {})}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = sum(min(int(res.get(k, 0.0) // v) for k, v in need.items()) for res in nodes)
+    if fits >= cfg.num_workers_min:
+        return
+    have = ", ".join(f"{sum(res.get(k, 0.0) for res in nodes):g} {k}" for k in need)
+    want = " + ".join(f"{v:g} {k}" for k, v in need.items())
+    msg = (
+        f"{cfg.num_workers_min} training worker(s) of {want} each do not fit on this Ray "
+        f"({len(nodes)} node(s), {have}; room for {fits})"
+    )
+    if _started_here():
+        hint = (
+            "drop --use-gpu or run on a GPU cluster"
+            if cfg.use_gpu and not any(res.get("GPU", 0.0) for res in nodes)
+            else "lower --num-workers or --cpus-per-worker"
+        )
+        raise ValueError(
+            f"{msg}: this job started a local Ray, which cannot grow; {hint} (or set RAY_ADDRESS)"
+        )
+    log(f"note: {msg}; waiting for the cluster to add nodes (an autoscaler, or nodes still joining)")
+
+
 def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     """Run (or resume) a pretraining run; Ray must be initialized."""
     import pyarrow.fs as pafs
@@ -105,6 +147,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     from electra_ray.train.loop import train_loop_per_worker
     from electra_ray.train.metrics import TB_PREFIX, MetricsLogger, plot_curves
 
+    check_cluster_fits(cfg, log=log)
     enc, tok = open_tokenizer(cfg.tokenizer)
     tok_folder = local_tokenizer(cfg.tokenizer)
     mcfg, special = model_config_for(cfg, enc)
