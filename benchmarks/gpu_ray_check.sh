@@ -15,8 +15,8 @@ mkdir -p "$OUT"
 PY=${PY:-python3}
 DATA=${DATA:-demo_output}
 WHL=${WHL:-.whl}
-STEPS1=${STEPS1:-2000}   # first run
-STEPS2=${STEPS2:-2500}   # resumed to here
+STEPS1=${STEPS1:-1000}   # first run
+STEPS2=${STEPS2:-1250}   # resumed to here
 DEVICE=${DEVICE:-cuda}
 PRESET=${PRESET:-small}
 GPU_FLAG=(); [ "$DEVICE" = cuda ] && GPU_FLAG=(--use-gpu)
@@ -50,7 +50,7 @@ args=(--data "$DATA/instances" --tokenizer "$DATA/tokenizer" --storage-path "$RU
 stamp "pretrain.py --preset $PRESET ${GPU_FLAG[*]}, $STEPS1 steps"
 timeout "${RUN1_S:-240}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS1" 2>&1 | quiet "$OUT/ray_run.log"
 stamp "the same run resumed to $STEPS2 steps"
-timeout "${RUN2_S:-180}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
+timeout "${RUN2_S:-150}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
 cp "$RUNS/run/metrics.jsonl" "$OUT/ray_metrics.jsonl" 2>/dev/null
 stamp "export"
 timeout 120 $PY jobs/export.py --run "$RUNS/run" --output /tmp/gpu-ray-hf 2>&1 | tee "$OUT/ray_summary.log"
