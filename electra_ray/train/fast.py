@@ -166,7 +166,8 @@ class FastStep:
     this is what the loop does. ``acc`` holds the metric sums since the last ``acc.zero_()``,
     ``bad`` the number of skipped (non-finite) steps, ``grad_norm`` the last step's gradient norm.
 
-    ``flat`` (off by default until measured on a GPU; ``bench_train.py --variants flat``) moves the parameters, gradients and Adam moments into one
+    ``flat`` (off by default for one worker until measured on a GPU, ``bench_train.py --variants
+    flat``; always on with ``world`` > 1) moves the parameters, gradients and Adam moments into one
     buffer each (the parameters become views of it, in the optimizer's group order), so the update
     is a dozen kernels over a single tensor; state dicts, checkpoints and tying are unchanged.
     """
