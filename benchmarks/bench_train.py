@@ -409,9 +409,10 @@ VARIANTS = {
 
 
 def child(spec: str) -> None:
-    global THREADS
+    global THREADS, VOCAB
     a = json.loads(spec)
     THREADS = a.get("threads") or THREADS
+    VOCAB = a.get("vocab") or VOCAB
     res = VARIANTS[a["variant"]](a["preset"], a["device"], a["batch"], a["steps"], a["warmup"])
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(res))
@@ -439,6 +440,9 @@ def main() -> None:
         default=None,
         help="CPU: torch threads of every variant and the Ray worker's CPUs (default: all cores)",
     )
+    ap.add_argument(
+        "--vocab", type=int, default=VOCAB, help=f"vocabulary size (default {VOCAB}; e.g. the demo's 4000)"
+    )
     ap.add_argument("--timeout", type=float, default=900, help="seconds per variant before it is abandoned")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -465,7 +469,7 @@ def main() -> None:
             "threads": a.threads or THREADS,
         },
         "seq_len": SEQ,
-        "vocab": VOCAB,
+        "vocab": a.vocab,
         "steps": steps,
     }
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
@@ -481,6 +485,7 @@ def main() -> None:
                 steps=steps,
                 warmup=warmup,
                 threads=a.threads,
+                vocab=a.vocab,
             )
             t = time.perf_counter()
             try:

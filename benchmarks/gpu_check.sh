@@ -5,8 +5,9 @@
 # (benchmarks/gpu_ray_check.sh).
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
 #   STAGES="small ray" … runs only those stages (of: small base tests ray; all by default). Their
-#   time limits (SMALL_S 300, BASE_S 200, TEST_S 120 s; the ray stage's RUN1_S 240 + RUN2_S 150 +
-#   120 s) add up to more than a session's 15 device minutes with the machine's start: pick.
+#   time limits (SMALL_S 300, BASE_S 200, TEST_S 120 s; the ray stage's RUN1_S 220 + RUN2_S 120 +
+#   BENCH_S 120 + 60 s) add up to more than a session's 15 device minutes with the machine's start:
+#   pick.
 # With the device tool, prepared here first (`make demo && .venv/bin/python benchmarks/gpu_wheels.py`),
 # two calls on the same warm machine (Inductor's cache makes the second compile short):
 #   command "OUT=$OUT STAGES=ray bash benchmarks/gpu_check.sh", timeout_s 560,

@@ -48,14 +48,20 @@ args=(--data "$DATA/instances" --tokenizer "$DATA/tokenizer" --storage-path "$RU
       --total-steps "$STEPS2" --warmup-steps 500 --log-every 250 --checkpoint-every 1000
       --eval-every 1000 --eval-instances 256)
 stamp "pretrain.py --preset $PRESET ${GPU_FLAG[*]}, $STEPS1 steps"
-timeout "${RUN1_S:-240}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS1" 2>&1 | quiet "$OUT/ray_run.log"
+timeout "${RUN1_S:-220}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS1" 2>&1 | quiet "$OUT/ray_run.log"
 stamp "the same run resumed to $STEPS2 steps"
-timeout "${RUN2_S:-150}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
+timeout "${RUN2_S:-120}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
 cp "$RUNS/run/metrics.jsonl" "$OUT/ray_metrics.jsonl" 2>/dev/null
+VOCAB=$(wc -l < "$DATA/tokenizer/vocab.txt")
+if [ "$DEVICE" = cuda ]; then  # the same step outside Ray (same vocabulary and shapes): the overhead
+  stamp "the fast step without Ray, vocabulary $VOCAB"
+  timeout "${BENCH_S:-120}" $PY benchmarks/bench_train.py --device cuda --preset "$PRESET" --variants fast \
+    --vocab "$VOCAB" --steps 300 --timeout 110 2>&1 | tee "$OUT/ray_bench.log"
+fi
 stamp "export"
-timeout 120 $PY jobs/export.py --run "$RUNS/run" --output /tmp/gpu-ray-hf 2>&1 | tee "$OUT/ray_summary.log"
+timeout 60 $PY jobs/export.py --run "$RUNS/run" --output /tmp/gpu-ray-hf 2>&1 | tee "$OUT/ray_summary.log"
 stamp "the export on $DEVICE"
-DEVICE=$DEVICE $PY - <<'EOF' 2>&1 | tee -a "$OUT/ray_summary.log"
+DEVICE=$DEVICE OUT=$OUT $PY - <<'EOF' 2>&1 | tee -a "$OUT/ray_summary.log"
 import json, os, torch
 dev = os.environ["DEVICE"]
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
@@ -66,6 +72,14 @@ out = {"steps": rows[-1]["step"], "steps_per_s": [round(r["steps_per_s"], 1) for
        "data_wait_share": [round(r.get("data_wait_share", 0), 4) for r in train],
        "mfu": [round(r["mfu"], 4) for r in train if "mfu" in r],
        "gen_loss": [round(r["gen_loss"], 3) for r in train], "disc_loss": [round(r["disc_loss"], 4) for r in train]}
+bench = os.path.join(os.environ["OUT"], "ray_bench.log")
+lines = [l for l in open(bench) if l.startswith("{")] if os.path.exists(bench) else []
+fast = json.loads(lines[-1]).get("fast_steps_per_s") if lines else None
+if fast and train:
+    windows = sorted(r["steps_per_s"] for r in train[1:] or train)
+    ray_rate = windows[len(windows) // 2]  # the median report window (the first holds the graph warm-up)
+    out.update(no_ray_steps_per_s=round(fast, 1), ray_median_steps_per_s=round(ray_rate, 1),
+               ray_overhead=round(fast / ray_rate - 1, 4))
 if evals:
     e = evals[-1]
     out.update(eval_gen_acc=e["eval_gen_acc"], eval_disc_acc=e["eval_disc_acc"],
