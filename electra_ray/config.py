@@ -373,7 +373,12 @@ class TrainConfig(Config):
         default=1, metadata={"help": "fewest training workers (elastic lower bound)"}
     )
     num_workers_max: int = field(default=1, metadata={"help": "most training workers"})
-    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, bf16 autocast"})
+    use_gpu: bool = field(
+        default=False,
+        metadata={
+            "help": "one GPU per worker, bf16 autocast (fp32 on GPUs older than compute capability 8.0)"
+        },
+    )
     cpus_per_worker: int = field(
         default=1, metadata={"help": "CPUs reserved per worker (= torch threads on CPU)"}
     )

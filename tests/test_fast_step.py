@@ -17,7 +17,7 @@ from electra_ray.config import ConfigError, TrainConfig, model_preset
 from electra_ray.model.electra import ElectraPretrainer
 from electra_ray.model.masking import draw_masks, step_generator
 from electra_ray.train.data import InstanceArrays, build_batch
-from electra_ray.train.fast import DeviceInstances, FastStep, fast_step_enabled
+from electra_ray.train.fast import DeviceInstances, FastStep, bf16_autocast, fast_step_enabled
 from electra_ray.train.optim import make_optimizer
 
 CLS, SEP, PAD, MASK = 1, 2, 3, 4
@@ -265,6 +265,20 @@ def test_fast_step_on_two_ranks_equals_one_rank_with_both_micro_batches(tmp_path
     assert got["norms"] == pytest.approx(norms, rel=1e-5)
     for want, p in zip(model.parameters(), got["params"]):
         torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-6)
+
+
+def test_bf16_only_where_the_gpu_computes_in_it(monkeypatch):
+    """bf16 autocast from compute capability 8.0 (A100, A10G, L4, H100); V100 and T4 train in fp32."""
+    assert not bf16_autocast(torch.device("cpu"))
+    for capability, want in (
+        ((7, 0), False),
+        ((7, 5), False),
+        ((8, 0), True),
+        ((8, 6), True),
+        ((9, 0), True),
+    ):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert bf16_autocast(torch.device("cuda")) is want, capability
 
 
 def test_fast_step_setting():

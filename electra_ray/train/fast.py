@@ -46,6 +46,13 @@ from electra_ray.train.data import InstanceArrays
 from electra_ray.train.optim import adam_update
 
 
+def bf16_autocast(device: torch.device) -> bool:
+    """bf16 autocast on GPUs that compute in bf16 (compute capability 8.0 and up: A100, A10G, L4,
+    H100, …). Older GPUs (V100, T4) only emulate it and Triton does not compile it for them: those
+    train in fp32."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def fast_step_enabled(setting: str, device: torch.device) -> bool:
     """``--fast-step auto`` (validated by TrainConfig) means on for CUDA, off for the CPU."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
@@ -194,7 +201,7 @@ class FastStep:
         # ranks whose gradients ``step`` all-reduces itself (DDP does it when it wraps the model)
         self.world = world if model is module else 1
         flat = flat or self.world > 1
-        self.amp = device.type == "cuda"
+        self.amp = bf16_autocast(device)
         self.mask_id, self.clip_norm = mask_id, clip_norm
         self.graphs = (device.type == "cuda" and model is module) if graphs is None else graphs
         self.acc = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)

@@ -52,7 +52,7 @@ from electra_ray.train.data import (
     rows_digest,
     split_rows,
 )
-from electra_ray.train.fast import DeviceInstances, FastStep, fast_step_enabled
+from electra_ray.train.fast import DeviceInstances, FastStep, bf16_autocast, fast_step_enabled
 from electra_ray.train.metrics import peak_flops
 from electra_ray.train.optim import lr_factor, make_optimizer
 
@@ -172,8 +172,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # gradient buffer itself so that its CUDA graphs work on several GPUs (DDP's hooks can't be captured)
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy=None if fast_on else "ddp")
     model.check_tying()
-    use_amp = device.type == "cuda"
+    use_amp = bf16_autocast(device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    if device.type == "cuda" and not use_amp and rank == 0:
+        major, minor = torch.cuda.get_device_capability(device)
+        print(
+            f"note: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no bf16: "
+            "training in fp32",
+            flush=True,
+        )
 
     fast = None
     if fast_on:
