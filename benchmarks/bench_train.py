@@ -116,7 +116,6 @@ def fast_setup(preset: str, device: str, batch: int, steps: int, *, graphs: bool
     data = DeviceInstances(arr, dev)
     fast = FastStep(
         model,
-        model,
         opt,
         device=dev,
         micro=batch,

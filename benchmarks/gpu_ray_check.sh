@@ -41,8 +41,8 @@ for d in instances tokenizer; do
 done
 $PY -c "import ray, torch; print('ray', ray.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 2
 
-RUNS=/tmp/gpu-ray-runs
-rm -rf "$RUNS" /tmp/gpu-ray-hf
+RUNS=/tmp/gpu-ray-runs HF=/tmp/gpu-ray-hf
+rm -rf "$RUNS" "$HF"
 args=(--data "$DATA/instances" --tokenizer "$DATA/tokenizer" --storage-path "$RUNS" --name run
       --preset "$PRESET" "${GPU_FLAG[@]}" --num-workers 1 --cpus-per-worker "${CPUS:-8}" --batch-size 128
       --total-steps "$STEPS2" --warmup-steps 500 --log-every 250 --checkpoint-every 1000
@@ -59,13 +59,13 @@ if [ "$DEVICE" = cuda ]; then  # the same step outside Ray (same vocabulary and 
     --vocab "$VOCAB" --steps 300 --timeout 110 2>&1 | tee "$OUT/ray_bench.log"
 fi
 stamp "export"
-timeout 60 $PY jobs/export.py --run "$RUNS/run" --output /tmp/gpu-ray-hf 2>&1 | tee "$OUT/ray_summary.log"
+timeout 60 $PY jobs/export.py --run "$RUNS/run" --output "$HF" 2>&1 | tee "$OUT/ray_summary.log"
 stamp "the export on $DEVICE"
-DEVICE=$DEVICE OUT=$OUT $PY - <<'EOF' 2>&1 | tee -a "$OUT/ray_summary.log"
+DEVICE=$DEVICE OUT=$OUT RUNS=$RUNS HF=$HF $PY - <<'EOF' 2>&1 | tee -a "$OUT/ray_summary.log"
 import json, os, torch
 dev = os.environ["DEVICE"]
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
-rows = [json.loads(l) for l in open("/tmp/gpu-ray-runs/run/metrics.jsonl")]
+rows = [json.loads(l) for l in open(os.path.join(os.environ["RUNS"], "run", "metrics.jsonl"))]
 train = [r for r in rows if "steps_per_s" in r]
 evals = [r for r in rows if "eval_disc_acc" in r]
 out = {"steps": rows[-1]["step"], "steps_per_s": [round(r["steps_per_s"], 1) for r in train],
@@ -85,7 +85,7 @@ if evals:
     out.update(eval_gen_acc=e["eval_gen_acc"], eval_disc_acc=e["eval_disc_acc"],
                eval_baseline=1 - e["eval_replaced_share"], eval_recall=e["eval_replaced_recall"])
 for kind, cls in (("discriminator", AutoModelForPreTraining), ("generator", AutoModelForMaskedLM)):
-    m = cls.from_pretrained(f"/tmp/gpu-ray-hf/{kind}").to(dev).eval()
+    m = cls.from_pretrained(os.path.join(os.environ["HF"], kind)).to(dev).eval()
     ids = torch.randint(5, m.config.vocab_size, (8, 128), device=dev)
     with torch.no_grad(), torch.autocast(dev, torch.bfloat16):
         out[f"{kind}_logits_finite"] = bool(torch.isfinite(m(input_ids=ids).logits).all())

@@ -107,7 +107,6 @@ def _setup(device):
 def fast_step(cfg, model, opt, device, flat):
     return FastStep(
         model,
-        model,
         opt,
         flat=flat,
         device=torch.device(device),
@@ -156,7 +155,7 @@ def test_fast_step_matches_plain_step(device, flat, fallback_random):
     assert all(torch.equal(a, p) for a, p in zip(before, fast.parameters()))
     assert step.acc.abs().sum() == 0 and step.bad == 0
     gpu = device == "cuda"
-    assert step.state() == {"graphs": gpu, "compiled": True, "flat": flat, "all_reduce": None}
+    assert step.state() == {"graphs": gpu, "compiled": True, "flat": flat, "all_reduce": False}
     if flat:  # the parameters, gradients and moments are views of one buffer each
         p = next(fast.parameters())
         assert p.data_ptr() == step.flat[0].data_ptr() and p.grad.data_ptr() == step.flat[1].data_ptr()
@@ -208,15 +207,21 @@ def test_fast_step_skips_a_nonfinite_step_and_reloads_optimizer_state(device, fl
         torch.testing.assert_close(a, p, rtol=0, atol=1e-6 if device == "cpu" else 1e-3)
 
 
-def _two_micro_steps(step, batch, dens, k, ranks, scale):
+def _half_batch_step(cfg, model, opt, world):
+    """An uncompiled FastStep on micro-batches of half the batch."""
+    return FastStep(
+        model, opt, device=torch.device("cpu"), micro=B // 2, seq_len=L,
+        slots=cfg.max_predictions(L), mask_id=MASK, clip_norm=1.0, compile=False, world=world,
+    )  # fmt: skip
+
+
+def _two_micro_steps(step, batch, dens, k, ranks):
     """Micro-batches ``ranks`` of the batch's two halves (seeded by their index, as the loop does)."""
     ids, types, att, m = batch
     h = B // 2
     for r in ranks:
         sl = slice(r * h, (r + 1) * h)
-        step.micro_step(
-            ids[sl], types[sl], att[sl], m.rows(r * h, (r + 1) * h), *dens, seed=100 * k + r, scale=scale
-        )
+        step.micro_step(ids[sl], types[sl], att[sl], m.rows(r * h, (r + 1) * h), *dens, seed=100 * k + r)
 
 
 def _rank(rank: int, folder: str) -> None:
@@ -230,14 +235,11 @@ def _rank(rank: int, folder: str) -> None:
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(1.0)
-    step = FastStep(
-        model, model, opt, device=torch.device("cpu"), micro=B // 2, seq_len=L,
-        slots=cfg.max_predictions(L), mask_id=MASK, clip_norm=1.0, compile=False, world=2,
-    )  # fmt: skip
-    assert step.state()["flat"] and step.state()["all_reduce"] == "flat"
+    step = _half_batch_step(cfg, model, opt, world=2)
+    assert step.state()["flat"] and step.state()["all_reduce"]
     norms = []
     for k in range(3):
-        _two_micro_steps(step, batch, dens, k, [rank], scale=2.0)  # the loop's scale: the world size
+        _two_micro_steps(step, batch, dens, k, [rank])
         step.step(1e-3)
         norms.append(float(step.grad_norm))
     if rank == 0:
@@ -253,13 +255,10 @@ def test_fast_step_on_two_ranks_equals_one_rank_with_both_micro_batches(tmp_path
     mp.spawn(_rank, args=(str(tmp_path),), nprocs=2, join=True)
     got = torch.load(tmp_path / "rank0.pt")
     cfg, _, model, (_, opt), batch, dens = _setup("cpu")
-    step = FastStep(
-        model, model, opt, device=torch.device("cpu"), micro=B // 2, seq_len=L,
-        slots=cfg.max_predictions(L), mask_id=MASK, clip_norm=1.0, compile=False,
-    )  # fmt: skip
+    step = _half_batch_step(cfg, model, opt, world=1)
     norms = []
     for k in range(3):
-        _two_micro_steps(step, batch, dens, k, [0, 1], scale=1.0)
+        _two_micro_steps(step, batch, dens, k, [0, 1])
         step.step(1e-3)
         norms.append(float(step.grad_norm))
     assert got["norms"] == pytest.approx(norms, rel=1e-5)

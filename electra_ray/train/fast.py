@@ -165,12 +165,11 @@ def _update_flat(flat, segments, lr, enable, clip_norm, betas, eps):
 class FastStep:
     """One optimizer step over a worker's micro-batches, compiled (and graph-captured on CUDA).
 
-    ``model`` is what the loop calls; ``module`` is the bare model whose parameters ``opt`` updates.
-    With several workers either ``model`` is the DDP wrapper (DDP's bucketed all-reduce overlaps
-    the backward pass; no CUDA graphs), or ``model`` is ``module`` and ``world`` > 1: then the
-    parameters are made flat, rank 0's weights are broadcast, and ``step`` all-reduces the flat
-    gradient (one collective, outside the captured graphs), so the graphs work on several GPUs too;
-    this is what the loop does. ``acc`` holds the metric sums since the last ``acc.zero_()``,
+    ``model`` is the bare model (never DDP-wrapped: DDP's gradient hooks cannot be captured) whose
+    parameters ``opt`` updates. With ``world`` > 1 ranks the parameters are made flat, rank 0's
+    weights are broadcast, and ``step`` all-reduces (sums) the flat gradient with one collective,
+    outside the captured graphs, so the graphs work on several GPUs too; each rank's loss is already
+    normalized by the global batch's counts. ``acc`` holds the metric sums since the last ``acc.zero_()``,
     ``bad`` the number of skipped (non-finite) steps, ``grad_norm`` the last step's gradient norm.
 
     ``flat`` (off by default for one worker until measured on a GPU, ``bench_train.py --variants
@@ -182,7 +181,6 @@ class FastStep:
     def __init__(
         self,
         model: torch.nn.Module,
-        module: torch.nn.Module,
         opt: torch.optim.Optimizer,
         *,
         device: torch.device,
@@ -197,13 +195,12 @@ class FastStep:
         flat: bool = False,
         world: int = 1,
     ) -> None:
-        self.model, self.module, self.opt, self.device = model, module, opt, device
-        # ranks whose gradients ``step`` all-reduces itself (DDP does it when it wraps the model)
-        self.world = world if model is module else 1
-        flat = flat or self.world > 1
+        self.model, self.opt, self.device = model, opt, device
+        self.world = world  # ranks whose flat gradients ``step`` all-reduces
+        flat = flat or world > 1
         self.amp = bf16_autocast(device)
         self.mask_id, self.clip_norm = mask_id, clip_norm
-        self.graphs = (device.type == "cuda" and model is module) if graphs is None else graphs
+        self.graphs = device.type == "cuda" if graphs is None else graphs
         self.acc = torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
         self.bad = torch.zeros((), device=device, dtype=torch.float64)
         self.grad_norm = torch.zeros((), device=device, dtype=torch.float32)
@@ -222,7 +219,7 @@ class FastStep:
             "loss_scale": torch.ones((), device=device, dtype=torch.float32),
         }
         # gradients exist from the start and keep their storage (the update zeroes them in place)
-        for p in module.parameters():
+        for p in model.parameters():
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)
         self.flat: tuple[torch.Tensor, ...] | None = None
@@ -315,13 +312,8 @@ class FastStep:
         self.betas, self.eps = tuple(first["betas"]), first["eps"]
 
     # ------------------------------------------------------------------------------ the pieces
-    def _micro(self, sync: bool = True) -> None:
+    def _micro(self) -> None:
         x = self.inputs
-        no_sync = getattr(self.model, "no_sync", None)
-        with nullcontext() if sync or no_sync is None else no_sync():
-            self._forward_backward(x)
-
-    def _forward_backward(self, x) -> None:
         loss, metrics = self._fwd(
             self.model,
             self.amp,
@@ -388,11 +380,9 @@ class FastStep:
         *,
         seed: int,
         scale: float = 1.0,
-        sync: bool = True,
     ):
         """Forward + backward of one micro-batch (gradients add up until ``step``). The loss is
-        multiplied by ``scale`` (the world size, as DDP averages; NaN for the test hook); ``sync``
-        False skips DDP's all-reduce (all but the last micro-batch of a step)."""
+        multiplied by ``scale`` (NaN for the test hook)."""
         if not self._warm:
             self.warm_up()
         x = self.inputs
@@ -404,13 +394,12 @@ class FastStep:
         x["show"].copy_(masks.show_mask, non_blocking=True)
         x["gen_den"].copy_(gen_den, non_blocking=True)
         x["disc_den"].copy_(disc_den, non_blocking=True)
-        # ``scale`` turns DDP's mean over ranks into a sum; the flat all-reduce already sums
-        x["loss_scale"].fill_(scale / self.world)
+        x["loss_scale"].fill_(scale)
         torch.manual_seed(seed)  # dropout and Gumbel noise (a graph replay reads the generator's state)
         if self._graph_fwd is not None:
             self._graph_fwd.replay()
         else:
-            self._micro(sync)
+            self._micro()
 
     def step(self, lr: float) -> None:
         """Clip, skip if non-finite, update with learning rate ``lr``, zero the gradients."""
@@ -428,5 +417,5 @@ class FastStep:
             "graphs": self._graph_fwd is not None,
             "compiled": self._fwd is not _forward,
             "flat": self.flat is not None,
-            "all_reduce": "flat" if self.world > 1 else ("ddp" if self.model is not self.module else None),
+            "all_reduce": self.world > 1,
         }

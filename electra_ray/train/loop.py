@@ -186,7 +186,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if fast_on:
         fast = FastStep(
             model,
-            model,
             opt,
             device=device,
             micro=micro,
@@ -306,11 +305,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             chunk = (
                 r0 // micro
             )  # global micro-batch index: the same rows get the same noise at any world size
-            sync = a == accum - 1 or world == 1
-            # DDP averages gradients over ranks: the loss is scaled back to a sum, so the step's
-            # gradient is the gradient of the global-batch mean loss
-            scale = world * (float("nan") if cursor in inject else 1.0)
-            if fast is not None:
+            hook = float("nan") if cursor in inject else 1.0  # the non-finite test hook
+            if fast is not None:  # its all-reduce sums the ranks' gradients
                 fast.micro_step(
                     ids,
                     types,
@@ -319,10 +315,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     gen_den,
                     disc_den,
                     seed=_seed(tcfg.seed, cursor, chunk),
-                    scale=scale,
-                    sync=sync,
+                    scale=hook,
                 )
                 continue
+            sync = a == accum - 1 or world == 1
+            # DDP averages gradients over ranks: the loss is scaled back to a sum, so the step's
+            # gradient is the gradient of the global-batch mean loss
+            scale = world * hook
             torch.manual_seed(_seed(tcfg.seed, cursor, chunk))  # dropout
             gumbel = torch.Generator(device=device)
             gumbel.manual_seed(_seed(tcfg.seed, cursor, chunk, 1))

@@ -106,6 +106,11 @@ def _started_here() -> bool:
         return False
 
 
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """What one training worker reserves."""
+    return {"CPU": float(cfg.cpus_per_worker), **({"GPU": 1.0} if cfg.use_gpu else {})}
+
+
 def check_cluster_fits(cfg: TrainConfig, *, log=print) -> None:
     """Fail at once, with what is missing, when the smallest worker group cannot be placed on a
     Ray that cannot grow; on a cluster that may (an autoscaler, nodes still joining), say what the
@@ -113,7 +118,7 @@ def check_cluster_fits(cfg: TrainConfig, *, log=print) -> None:
     generic timeout."""
     import ray
 
-    need = {"CPU": float(cfg.cpus_per_worker), **({"GPU": 1.0} if cfg.use_gpu else {})}
+    need = worker_resources(cfg)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     fits = sum(min(int(res.get(k, 0.0) // v) for k, v in need.items()) for res in nodes)
     if fits >= cfg.num_workers_min:
@@ -210,7 +215,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
             use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            resources_per_worker=worker_resources(cfg),
             **(
                 {"elastic_resize_monitor_interval_s": cfg.resize_check_s}
                 if cfg.num_workers_min != cfg.num_workers_max
