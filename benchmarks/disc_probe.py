@@ -2,6 +2,7 @@
 
     python benchmarks/disc_probe.py --task unigram --steps 1500          # after `make demo`
     python benchmarks/disc_probe.py --task uniform --steps 500           # the control
+    python benchmarks/disc_probe.py --task unigram --model conv3         # no attention: neighbours only
 
 Trains only the discriminator of a preset (default `tiny`) on the demo's instances, with 15% of
 the non-special tokens replaced by a fixed rule instead of generator samples:
@@ -13,7 +14,10 @@ the non-special tokens replaced by a fixed rule instead of generator samples:
 
 and prints, on held-out instances with fixed replacements, the discriminator's loss next to the
 entropy of the prior (the loss of always predicting the replaced share), its accuracy next to the
-all-"original" baseline, and its recall of replaced tokens. The last line is one JSON object.
+all-"original" baseline, and its recall of replaced tokens. For the uniform and unigram tasks it
+first scores the same held-out replacements by counting token pairs in the training instances (no
+network: what the data alone supports with two neighbours of context). `--model conv3` trains a
+control without attention instead of the discriminator. The last line is one JSON object.
 This is why the demo's `tiny` model does not beat the all-"original" baseline on held-out data
 (see the closing notes of issue 4 and docs/performance.md).
 """
@@ -26,9 +30,33 @@ import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+def Conv3(cfg):
+    """Per-token logits from a token and its two neighbours only: embedding → width-3 convolution → MLP."""
+    from torch import nn
+
+    class Conv3Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.embedding_size)
+            self.conv = nn.Conv1d(cfg.embedding_size, cfg.hidden_size, 3, padding=1)
+            self.head = nn.Sequential(
+                nn.GELU(),
+                nn.Linear(cfg.hidden_size, cfg.hidden_size),
+                nn.GELU(),
+                nn.Linear(cfg.hidden_size, 1),
+            )
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            h = self.conv(self.embed(input_ids).transpose(1, 2)).transpose(1, 2)
+            return SimpleNamespace(logits=self.head(h).squeeze(-1))
+
+    return Conv3Detector()
 
 
 def main() -> None:
@@ -37,10 +65,26 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=os.path.join(ROOT, "demo_output", "tokenizer"))
     ap.add_argument("--task", choices=("uniform", "unigram", "repeat"), default="unigram")
     ap.add_argument("--preset", default="tiny")
+    ap.add_argument(
+        "--model",
+        choices=("electra", "conv3"),
+        default="electra",
+        help="electra: the preset's discriminator; conv3: a control without attention (the preset's "
+        "embedding and hidden sizes, one convolution over each token and its two neighbours, an MLP)",
+    )
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default: none)")
     ap.add_argument("--dropout", type=float, default=None, help="default: the preset's")
+    ap.add_argument("--initializer-range", type=float, default=None, help="init std (default: the preset's)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="other preset overrides, e.g. hidden_size=128",
+    )
     ap.add_argument("--heldout", type=int, default=64, help="held-out instances")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -65,10 +109,18 @@ def main() -> None:
     arrays = load_instances(a.instances)
     seq_len = int(max(arrays.offsets[1:] - arrays.offsets[:-1]))  # the instances' max_seq_length
     over = {} if a.dropout is None else {"dropout": a.dropout}
+    if a.initializer_range is not None:
+        over["initializer_range"] = a.initializer_range
+    for item in a.set:
+        key, _, value = item.partition("=")
+        over[key] = float(value) if "." in value else int(value)
     cfg = model_preset(a.preset, vocab_size=len(vocab), pad_token_id=pad, **over)
     torch.manual_seed(a.seed)
-    disc = ElectraPretrainer(cfg).discriminator
+    disc = ElectraPretrainer(cfg).discriminator if a.model == "electra" else Conv3(cfg)
     opt = torch.optim.AdamW(disc.parameters(), lr=a.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / a.warmup) if a.warmup else 1.0
+    )
     train_rows, heldout_rows = split_rows(arrays.n, a.heldout, a.seed)
 
     weights = torch.bincount(torch.from_numpy(arrays.ids.astype("int64")), minlength=cfg.vocab_size).float()
@@ -87,29 +139,21 @@ def main() -> None:
         x = torch.where(replace, other, ids)
         return x, types, att, (x != ids).float()
 
-    def loss_of(x, types, att, labels):
-        logits = disc(input_ids=x, attention_mask=att, token_type_ids=types).logits
-        keep = att.bool()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[keep], labels[keep])
-        return loss, logits, keep
-
     g_eval = torch.Generator().manual_seed(a.seed + 1)
     heldout = [batch(heldout_rows[k : k + 16], g_eval) for k in range(0, len(heldout_rows), 16)]
 
-    def evaluate() -> dict:
-        disc.eval()
-        tot = dict(loss=0.0, n=0, correct=0, replaced=0, found=0)
-        with torch.no_grad():
-            for x, types, att, labels in heldout:
-                loss, logits, keep = loss_of(x, types, att, labels)
-                pred = logits > 0
-                n = int(keep.sum())
-                tot["loss"] += float(loss) * n
-                tot["n"] += n
-                tot["correct"] += int(((pred == labels.bool()) & keep).sum())
-                tot["replaced"] += int(labels.sum())
-                tot["found"] += int((pred & labels.bool()).sum())
-        disc.train()
+    def tally(tot: dict, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> None:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[keep], labels[keep], reduction="sum"
+        )
+        pred = logits > 0
+        tot["loss"] += float(loss)
+        tot["n"] += int(keep.sum())
+        tot["correct"] += int(((pred == labels.bool()) & keep).sum())
+        tot["replaced"] += int(labels.sum())
+        tot["found"] += int((pred & labels.bool()).sum())
+
+    def summary(tot: dict) -> dict:
         q = tot["replaced"] / tot["n"]
         return {
             "heldout_loss": tot["loss"] / tot["n"],
@@ -119,25 +163,104 @@ def main() -> None:
             "recall": tot["found"] / max(tot["replaced"], 1),
         }
 
+    def evaluate() -> dict:
+        disc.eval()
+        tot = dict(loss=0.0, n=0, correct=0, replaced=0, found=0)
+        with torch.no_grad():
+            for x, types, att, labels in heldout:
+                logits = disc(input_ids=x, attention_mask=att, token_type_ids=types).logits
+                tally(tot, logits, labels, att.bool())
+        disc.train()
+        return summary(tot)
+
+    def neighbour_counts() -> dict:
+        """The same held-out replacements judged by counting: no network, only token-pair counts.
+
+        Bigram counts c(a, b) and skip-one counts c(a, _, b) over the training instances (add-k,
+        interpolated with the unigram distribution). A token x between neighbours p and n is
+        scored "replaced" by Bayes' rule: 0.15·w(x)·P(n | p, skip one) against
+        0.85·P(x | p)·P(n | x), where w is the replacement distribution. What the data alone
+        supports, with only the two neighbours as context.
+        """
+        v, k = cfg.vocab_size, 0.5
+        ids, _, att = build_batch(arrays, train_rows[:20000], seq_len, pad)
+        ids, att = torch.from_numpy(ids).long(), torch.from_numpy(att).bool()
+        uni = torch.bincount(ids[att], minlength=v).double() + 0.1
+        uni /= uni.sum()
+        w = (weights / weights.sum()).double()
+
+        def table(gap: int):
+            both = att[:, :-gap] & att[:, gap:]
+            keys, counts = torch.unique(ids[:, :-gap][both] * v + ids[:, gap:][both], return_counts=True)
+            rows = torch.bincount(ids[:, :-gap][both], minlength=v).double()
+
+            def prob(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+                key = left * v + right
+                at = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
+                c = torch.where(keys[at] == key, counts[at], 0).double()
+                return (c + k * v * uni[right]) / (rows[left] + k * v)
+
+            return prob
+
+        pair, skip = table(1), table(2)
+        tot = dict(loss=0.0, n=0, correct=0, replaced=0, found=0)
+        for x, _, att_h, labels in heldout:
+            prev = torch.cat([x[:, :1], x[:, :-1]], 1)
+            nxt = torch.cat([x[:, 1:], x[:, -1:]], 1)
+            replaced = 0.15 * w[x] * skip(prev, nxt)
+            original = 0.85 * pair(prev, x) * pair(x, nxt)
+            logits = torch.log(replaced.clamp(min=1e-30)) - torch.log(original)
+            logits = torch.where(torch.isin(x, specials), -30.0, logits).float()  # never replaced
+            tally(tot, logits, labels, att_h.bool())
+        return summary(tot)
+
+    counts = neighbour_counts() if a.task != "repeat" else None
+    if counts:
+        print(
+            f"{a.task}, counting token pairs (no network): held-out loss {counts['heldout_loss']:.4f} "
+            f"(prior {counts['prior_entropy']:.4f}), accuracy {counts['accuracy']:.3f} "
+            f"(baseline {counts['baseline']:.3f}), recall {counts['recall']:.3f}",
+            flush=True,
+        )
+
     g = torch.Generator().manual_seed(a.seed)
     t0 = time.perf_counter()
     r: dict = {}
+    train_loss = 0.0
     for step in range(1, a.steps + 1):
-        loss, _, _ = loss_of(*batch(train_rows[global_rows(step, a.batch, len(train_rows), a.seed)], g))
+        x, types, att, labels = batch(train_rows[global_rows(step, a.batch, len(train_rows), a.seed)], g)
+        logits = disc(input_ids=x, attention_mask=att, token_type_ids=types).logits
+        keep = att.bool()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[keep], labels[keep])
         loss.backward()
+        train_loss = (
+            0.98 * train_loss + 0.02 * float(loss.detach()) if step > 1 else float(loss.detach())
+        )  # running mean
         torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
         opt.step()
+        sched.step()
         opt.zero_grad(set_to_none=True)
         if step % a.eval_every == 0 or step == a.steps:
             r = evaluate()
             print(
                 f"{a.task} step {step}: held-out loss {r['heldout_loss']:.4f} (prior {r['prior_entropy']:.4f}), "
-                f"accuracy {r['accuracy']:.3f} (baseline {r['baseline']:.3f}), recall {r['recall']:.3f} "
-                f"({time.perf_counter() - t0:.0f} s)",
+                f"accuracy {r['accuracy']:.3f} (baseline {r['baseline']:.3f}), recall {r['recall']:.3f}, "
+                f"training loss {train_loss:.4f} ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
     print(
-        json.dumps({"task": a.task, "preset": a.preset, "steps": a.steps, "batch": a.batch, "lr": a.lr, **r})
+        json.dumps(
+            {
+                "task": a.task,
+                "model": a.model,
+                "preset": a.preset,
+                "steps": a.steps,
+                "batch": a.batch,
+                "lr": a.lr,
+                **r,
+                **({"counts_" + key: val for key, val in counts.items()} if counts else {}),
+            }
+        )
     )
 
 
