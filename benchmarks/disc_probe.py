@@ -1,25 +1,33 @@
-"""How fast a small discriminator learns to spot replaced tokens, without a generator.
+"""How fast a small discriminator learns to spot replaced tokens, apart from the ELECTRA loop.
 
     python benchmarks/disc_probe.py --task unigram --steps 1500          # after `make demo`
     python benchmarks/disc_probe.py --task uniform --steps 500           # the control
     python benchmarks/disc_probe.py --task unigram --model conv3         # no attention: neighbours only
+    python benchmarks/disc_probe.py --task unigram --set attention_init=reference \
+        --initializer-range 0.02 --dropout 0.1                          # the reference init: a plateau
+    python benchmarks/disc_probe.py --task unigram --set attention_init=reference --local-bias 1
+    python benchmarks/disc_probe.py --task generator --generator demo_output/hf/generator
 
 Trains only the discriminator of a preset (default `tiny`) on the demo's instances, with 15% of
-the non-special tokens replaced by a fixed rule instead of generator samples:
+the non-special tokens replaced by a fixed rule:
 
-  uniform  a token drawn uniformly from the vocabulary: rare tokens give it away (the control)
-  unigram  a token drawn from the corpus's unigram frequencies: the token alone says nothing,
-           only its context does; close to what an ELECTRA generator produces early on
-  repeat   the previous token, repeated: a purely positional rule
+  uniform    a token drawn uniformly from the vocabulary: rare tokens give it away (the control)
+  unigram    a token drawn from the corpus's unigram frequencies: the token alone says nothing,
+             only its context does; close to what an ELECTRA generator produces early on
+  repeat     the previous token, repeated: a purely positional rule
+  generator  sampled (T = 1) by a trained, frozen generator (an exported folder) where the
+             pretraining loop would sample: the real task, without the generator moving
 
 and prints, on held-out instances with fixed replacements, the discriminator's loss next to the
 entropy of the prior (the loss of always predicting the replaced share), its accuracy next to the
 all-"original" baseline, and its recall of replaced tokens. For the uniform and unigram tasks it
 first scores the same held-out replacements by counting token pairs in the training instances (no
 network: what the data alone supports with two neighbours of context). `--model conv3` trains a
-control without attention instead of the discriminator. The last line is one JSON object.
-This is why the demo's `tiny` model does not beat the all-"original" baseline on held-out data
-(see the closing notes of issue 4 and docs/performance.md).
+control without attention instead of the discriminator; `--local-bias SLOPE` adds −SLOPE·|i − j|
+to the discriminator's attention scores (an ALiBi-style oracle that tells it where its neighbours
+are); `--set FIELD=VALUE` overrides any preset field (e.g. `attention_init=reference`). The last
+line is one JSON object. These runs are how the `tiny` preset got its attention init (README,
+"What the demo's tiny model learns"; the closing notes of issue 4).
 """
 
 from __future__ import annotations
@@ -63,7 +71,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", default=os.path.join(ROOT, "demo_output", "instances"))
     ap.add_argument("--tokenizer", default=os.path.join(ROOT, "demo_output", "tokenizer"))
-    ap.add_argument("--task", choices=("uniform", "unigram", "repeat"), default="unigram")
+    ap.add_argument("--task", choices=("uniform", "unigram", "repeat", "generator"), default="unigram")
+    ap.add_argument(
+        "--generator",
+        default=os.path.join(ROOT, "demo_output", "hf", "generator"),
+        help="for --task generator: an exported generator folder (jobs/export.py)",
+    )
     ap.add_argument("--preset", default="tiny")
     ap.add_argument(
         "--model",
@@ -84,6 +97,20 @@ def main() -> None:
         default=[],
         metavar="FIELD=VALUE",
         help="other preset overrides, e.g. hidden_size=128",
+    )
+    ap.add_argument(
+        "--local-bias",
+        type=float,
+        default=0.0,
+        metavar="SLOPE",
+        help="add -SLOPE·|i-j| to every attention score (through a 4-D attention mask): the same "
+        "discriminator, told where its neighbours are (default 0: off)",
+    )
+    ap.add_argument(
+        "--show-attention",
+        action="store_true",
+        help="before and after training, the mean attention weight each layer puts on a token's own "
+        "position, its neighbours and tokens 20 away (uniform: 1/length)",
     )
     ap.add_argument("--heldout", type=int, default=64, help="held-out instances")
     ap.add_argument("--eval-every", type=int, default=250)
@@ -113,7 +140,12 @@ def main() -> None:
         over["initializer_range"] = a.initializer_range
     for item in a.set:
         key, _, value = item.partition("=")
-        over[key] = float(value) if "." in value else int(value)
+        for kind in (int, float, str):
+            try:
+                over[key] = kind(value)
+                break
+            except ValueError:
+                pass
     cfg = model_preset(a.preset, vocab_size=len(vocab), pad_token_id=pad, **over)
     torch.manual_seed(a.seed)
     disc = ElectraPretrainer(cfg).discriminator if a.model == "electra" else Conv3(cfg)
@@ -128,12 +160,33 @@ def main() -> None:
         weights = torch.ones(cfg.vocab_size)
     weights[specials] = 0
 
+    mask_id = vocab["[MASK]"]
+    sampler = None
+    if a.task == "generator":
+        from transformers import AutoModelForMaskedLM
+
+        if not os.path.isdir(a.generator):
+            ap.error(f"--generator {a.generator}: no such folder (export a run with jobs/export.py)")
+        sampler = AutoModelForMaskedLM.from_pretrained(a.generator).eval()
+        if sampler.config.vocab_size != cfg.vocab_size:
+            ap.error(
+                f"--generator {a.generator} has {sampler.config.vocab_size} tokens, the tokenizer {cfg.vocab_size}"
+            )
+
     def batch(rows, gen: torch.Generator):
         ids, types, att = (torch.from_numpy(x).long() for x in build_batch(arrays, rows, seq_len, pad))
         eligible = att.bool() & ~torch.isin(ids, specials)
         replace = (torch.rand(ids.shape, generator=gen) < 0.15) & eligible
         if a.task == "repeat":
             other = torch.cat([ids[:, :1], ids[:, :-1]], 1)
+        elif (
+            a.task == "generator"
+        ):  # as in pretraining: 85% of the picked tokens shown as [MASK], sampled at T=1
+            shown = torch.where(replace & (torch.rand(ids.shape, generator=gen) < 0.85), mask_id, ids)
+            with torch.no_grad():
+                logits = sampler(input_ids=shown, attention_mask=att, token_type_ids=types).logits.float()
+            u = torch.rand(logits.shape, generator=gen).clamp(1e-10, 1.0 - 1e-7)
+            other = (logits - torch.log(-torch.log(u))).argmax(-1)
         else:
             other = torch.multinomial(weights, ids.numel(), replacement=True, generator=gen).view(ids.shape)
         x = torch.where(replace, other, ids)
@@ -141,6 +194,19 @@ def main() -> None:
 
     g_eval = torch.Generator().manual_seed(a.seed + 1)
     heldout = [batch(heldout_rows[k : k + 16], g_eval) for k in range(0, len(heldout_rows), 16)]
+
+    def mask(att: torch.Tensor) -> torch.Tensor:
+        """The attention mask the model gets: the padding mask, or with --local-bias an additive 4-D
+        mask (B, 1, L, L) holding the padding and the distance penalty."""
+        if not a.local_bias or a.model != "electra":
+            return att
+        pos = torch.arange(att.size(1))
+        dist = (pos[None, :] - pos[:, None]).abs().float()
+        pad = torch.where(att.bool(), 0.0, torch.finfo(torch.float32).min)
+        return (pad[:, None, None, :] - a.local_bias * dist).clamp(min=torch.finfo(torch.float32).min)
+
+    def run(x, types, att, **kw):
+        return disc(input_ids=x, attention_mask=mask(att), token_type_ids=types, **kw)
 
     def tally(tot: dict, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> None:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -168,7 +234,7 @@ def main() -> None:
         tot = dict(loss=0.0, n=0, correct=0, replaced=0, found=0)
         with torch.no_grad():
             for x, types, att, labels in heldout:
-                logits = disc(input_ids=x, attention_mask=att, token_type_ids=types).logits
+                logits = run(x, types, att).logits
                 tally(tot, logits, labels, att.bool())
         disc.train()
         return summary(tot)
@@ -214,7 +280,36 @@ def main() -> None:
             tally(tot, logits, labels, att_h.bool())
         return summary(tot)
 
-    counts = neighbour_counts() if a.task != "repeat" else None
+    def show_attention(when: str) -> None:
+        if not a.show_attention or a.model != "electra":
+            return
+        disc.eval()
+        disc.set_attn_implementation("eager")
+        x, types, att, _ = heldout[0]
+        with torch.no_grad():
+            out = run(x, types, att, output_attentions=True)
+        disc.set_attn_implementation("sdpa")
+        disc.train()
+        real = att.bool()
+
+        def on(w: torch.Tensor, o: int) -> float:  # mean weight of query i on key i + o, both real tokens
+            d = torch.diagonal(w, offset=o, dim1=1, dim2=2)
+            ok = (
+                real[:, max(0, -o) : real.shape[1] - max(0, o)]
+                & real[:, max(0, o) : real.shape[1] + min(0, o)]
+            )
+            return float(d[ok].mean())
+
+        for i, w in enumerate(out.attentions):  # (B, heads, L, L)
+            w = w.mean(1)
+            print(
+                f"attention {when}, layer {i}: own {on(w, 0):.3f}, neighbours {on(w, -1):.3f} {on(w, 1):.3f}, "
+                f"20 away {on(w, -20):.3f} {on(w, 20):.3f} (uniform 1/{real.sum(1).float().mean():.0f} = "
+                f"{float((1 / real.sum(1).float()).mean()):.3f})",
+                flush=True,
+            )
+
+    counts = neighbour_counts() if a.task in ("uniform", "unigram") else None
     if counts:
         print(
             f"{a.task}, counting token pairs (no network): held-out loss {counts['heldout_loss']:.4f} "
@@ -222,14 +317,14 @@ def main() -> None:
             f"(baseline {counts['baseline']:.3f}), recall {counts['recall']:.3f}",
             flush=True,
         )
-
+    show_attention("at init")
     g = torch.Generator().manual_seed(a.seed)
     t0 = time.perf_counter()
     r: dict = {}
     train_loss = 0.0
     for step in range(1, a.steps + 1):
         x, types, att, labels = batch(train_rows[global_rows(step, a.batch, len(train_rows), a.seed)], g)
-        logits = disc(input_ids=x, attention_mask=att, token_type_ids=types).logits
+        logits = run(x, types, att).logits
         keep = att.bool()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[keep], labels[keep])
         loss.backward()
@@ -248,6 +343,7 @@ def main() -> None:
                 f"training loss {train_loss:.4f} ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
+    show_attention(f"after {a.steps} steps")
     print(
         json.dumps(
             {

@@ -139,7 +139,7 @@ def main() -> None:
         "--eval-every",
         "500",
         "--eval-instances",
-        "16",
+        "64",
     )
     show_heldout(pre["metrics"], tok["vocab_size"])
     hf_out = os.path.join(OUT, "hf")
@@ -161,8 +161,8 @@ def show_heldout(m: dict, vocab_size: int) -> None:
         f"'original', replaced-token recall {m['eval_replaced_recall']:.3f}"
     )
     print(
-        "  (a model this small, trained for a minute, learns which tokens are likely, not yet which ones\n"
-        "   are out of place: see 'What the demo's tiny model learns' in README.md)"
+        "  (in a minute the generator learns which tokens are likely; the discriminator has only begun\n"
+        "   to learn which ones are out of place: see 'What the demo's tiny model learns' in README.md)"
     )
 
 

@@ -86,6 +86,40 @@ def test_tied_weights_share_storage_after_construction_move_and_load():
         fresh.check_tying()
 
 
+def _attention_on_offsets(disc, ids, types, att):
+    """Mean attention weight on the same token (offset 0), its neighbours (±1) and tokens 20 away."""
+    disc.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = disc(input_ids=ids, attention_mask=att, token_type_ids=types, output_attentions=True)
+    disc.set_attn_implementation("sdpa")
+    a = torch.stack(out.attentions).mean((0, 2))[: ids.shape[0] // 4]  # rows without padding: (B', L, L)
+    return {o: float(torch.diagonal(a, offset=o, dim1=1, dim2=2).mean()) for o in (-20, -1, 0, 1, 20)}
+
+
+def test_local_attention_init_starts_attention_on_nearby_tokens():
+    ids, types, att = batch(b=8, length=64)
+    uniform = 1 / 64
+    local = ElectraPretrainer(tiny(attention_init="local"))
+    local.check_tying()  # the shared position table is written once, still shared
+    table = local.discriminator.electra.embeddings.position_embeddings.weight.detach()
+    sim = table @ table.T
+    assert float(sim.diagonal(1).mean()) > 0.8 * float(sim.diagonal().mean())  # neighbours alike
+    assert float(sim.diagonal(20).mean()) < 0.5 * float(sim.diagonal().mean())  # far positions not
+    for net in (local.generator, local.discriminator):
+        for layer in net.electra.encoder.layer:
+            q, k = layer.attention.self.query.weight, layer.attention.self.key.weight
+            assert torch.equal(q, k) and q.data_ptr() != k.data_ptr()  # equal values, trained apart
+    w = _attention_on_offsets(local.discriminator.eval(), ids, types, att)
+    assert min(w[-1], w[1]) > 3 * uniform and w[0] > w[1] > 2 * max(w[-20], w[20]), w
+    # the reference init starts uniform: the plateau local init avoids (benchmarks/disc_probe.py)
+    ref = ElectraPretrainer(tiny(attention_init="reference", initializer_range=0.02))
+    w = _attention_on_offsets(ref.discriminator.eval(), ids, types, att)
+    assert max(w.values()) < 1.5 * uniform, w
+    assert tiny().attention_init == "local" and model_preset("small").attention_init == "reference"
+    with pytest.raises(ConfigError, match="attention_init must be one of"):
+        tiny(attention_init="alibi")
+
+
 def test_masking_invariants_and_statistics():
     ids, types, att = batch(b=64, length=128)
     cfg = tiny()

@@ -9,10 +9,13 @@
 - Replacements are sampled by Gumbel-max at temperature 1 in fp32 (fp16 noise gives NaN), without
   gradient; a sampled token equal to the original counts as "original" for the discriminator.
 - loss = generator MLM loss (masked slots) + disc_weight × discriminator BCE (all non-pad tokens).
+- ``attention_init="local"`` (the ``tiny`` preset) starts attention on nearby tokens; the model's
+  architecture and exported files stay those of transformers' ELECTRA (``local_attention_init``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +107,8 @@ class ElectraPretrainer(nn.Module):
         self.generator = ElectraForMaskedLM(gen_cfg)
         self.discriminator = ElectraForPreTraining(disc_cfg)
         self.tie()
+        if cfg.attention_init == "local":
+            local_attention_init(self)
 
     def tie(self) -> None:
         """Share the embeddings module and re-tie the generator's output layer to its word embeddings."""
@@ -200,6 +205,56 @@ class ElectraPretrainer(nn.Module):
             replaced,
             replaced_found,
         )
+
+
+# local_attention_init: the position table's angular frequencies (radians per token) run geometrically
+# from FAST to SLOW; a position vector's norm is POSITION_NORM × a word embedding's at init; query
+# (= key) weights give each layer's queries components of about QUERY_SCALE
+LOCAL_FAST, LOCAL_SLOW, POSITION_NORM, QUERY_SCALE = 1.0, 0.01, 2.5, 1.3
+
+
+@torch.no_grad()
+def local_attention_init(model: ElectraPretrainer) -> None:
+    """Initialise so that attention starts on nearby tokens, in the unchanged transformers model.
+
+    With the reference init (normal, small std) a small model's attention starts uniform over the
+    sequence and, on a small corpus, stays uniform for thousands of steps: the discriminator then
+    never sees its neighbours and sits at the all-"original" baseline (benchmarks/disc_probe.py
+    measures it). Here the shared position table holds sinusoids, p_i = a·(cos ω_k i, sin ω_k i),
+    so p_i·p_j = a²·Σ_k cos ω_k (i − j) peaks at i = j and falls off within a few tokens; position
+    vectors are POSITION_NORM times longer than word vectors, so they dominate the first layer's
+    input; and in every layer of both networks the key weights start as a copy of the query
+    weights, so a query scores keys by their similarity to it (q_i·k_j = h_i·WᵀW·h_j). The query
+    std is scaled to the layer's input (the projected embeddings in layer 0, LayerNorm outputs
+    after) so that scores span a few units. Training then moves every weight freely: this is only
+    where it starts. The tiny preset uses it with initializer_range 0.08 and no dropout.
+    """
+    cfg = model.cfg
+    table = model.generator.electra.embeddings.position_embeddings.weight  # shared with the discriminator
+    n_pos, width = table.shape
+    half = width // 2
+    omega = torch.logspace(math.log10(LOCAL_FAST), math.log10(LOCAL_SLOW), half, dtype=torch.float64)
+    angle = torch.arange(n_pos, dtype=torch.float64)[:, None] * omega[None, :]
+    # a word vector's norm at init is initializer_range·√width; a position vector's is amplitude·√half
+    amplitude = POSITION_NORM * cfg.initializer_range * math.sqrt(width / half)
+    sinus = torch.zeros(n_pos, width, dtype=torch.float64)
+    sinus[:, :half] = torch.cos(angle)
+    sinus[:, half : 2 * half] = torch.sin(angle)
+    table.copy_((amplitude * sinus).to(table.dtype))
+    for net in (model.generator, model.discriminator):
+        hidden = net.config.hidden_size
+        projected = hasattr(net.electra, "embeddings_project")
+        for i, layer in enumerate(net.electra.encoder.layer):
+            # the norm of the layer's input vectors: LayerNorm outputs (√hidden), or in layer 0 behind
+            # the embedding projection, LayerNorm outputs (√width) times a normal(initializer_range) matrix
+            norm = math.sqrt(hidden) * (
+                cfg.initializer_range * math.sqrt(width) if i == 0 and projected else 1.0
+            )
+            attn = layer.attention.self
+            attn.query.weight.normal_(0.0, QUERY_SCALE / norm)
+            attn.key.weight.copy_(attn.query.weight)
+            attn.query.bias.zero_()
+            attn.key.bias.zero_()
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
