@@ -43,6 +43,8 @@ from types import SimpleNamespace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from joint_probe import parse_overrides  # noqa: E402  (benchmarks/ is on sys.path when run)
+
 
 def Conv3(cfg):
     """Per-token logits from a token and its two neighbours only: embedding → width-3 convolution → MLP."""
@@ -138,14 +140,7 @@ def main() -> None:
     over = {} if a.dropout is None else {"dropout": a.dropout}
     if a.initializer_range is not None:
         over["initializer_range"] = a.initializer_range
-    for item in a.set:
-        key, _, value = item.partition("=")
-        for kind in (int, float, str):
-            try:
-                over[key] = kind(value)
-                break
-            except ValueError:
-                pass
+    over.update(parse_overrides(a.set))
     cfg = model_preset(a.preset, vocab_size=len(vocab), pad_token_id=pad, **over)
     torch.manual_seed(a.seed)
     disc = ElectraPretrainer(cfg).discriminator if a.model == "electra" else Conv3(cfg)

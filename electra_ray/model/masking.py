@@ -75,3 +75,23 @@ def apply_masks(input_ids: torch.Tensor, masks: Masks, mask_id: int) -> torch.Te
     current = out.gather(1, masks.positions)
     out.scatter_(1, masks.positions, torch.where(masks.show_mask, torch.full_like(current, mask_id), current))
     return out
+
+
+def masked_batch(
+    arrays, rows, seq_len: int, pad_id: int, special_ids: tuple[int, ...], cfg, seed: int, key: int
+):
+    """Padded CPU tensors (input_ids, token_type_ids, attention_mask) of instance ``rows`` and their
+    masks drawn from (seed, key) by ``cfg``'s masking rules (a ModelConfig): the plain loop's batch."""
+    from electra_ray.train.data import build_batch
+
+    ids, types, att = (torch.from_numpy(a) for a in build_batch(arrays, rows, seq_len, pad_id))
+    masks = draw_masks(
+        ids,
+        att,
+        special_ids,
+        mask_prob=cfg.mask_prob,
+        mask_token_prob=cfg.mask_token_prob,
+        max_predictions=cfg.max_predictions(seq_len),
+        generator=step_generator(seed, key),
+    )
+    return ids, types, att, masks

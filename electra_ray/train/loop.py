@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from electra_ray.config import ModelConfig, TrainConfig
 from electra_ray.model.electra import METRIC_NAMES, ElectraPretrainer, flops_per_token
-from electra_ray.model.masking import draw_masks, step_generator
+from electra_ray.model.masking import masked_batch
 from electra_ray.train.checkpoint import (
     Progress,
     check_compatible,
@@ -46,7 +46,6 @@ from electra_ray.train.checkpoint import (
 )
 from electra_ray.train.data import (
     batch_position,
-    build_batch,
     epoch_order,
     global_rows,
     rows_digest,
@@ -54,7 +53,7 @@ from electra_ray.train.data import (
 )
 from electra_ray.train.fast import DeviceInstances, FastStep, bf16_autocast, fast_step_enabled
 from electra_ray.train.metrics import peak_flops
-from electra_ray.train.optim import lr_factor, make_optimizer
+from electra_ray.train.optim import lr_factor, optimizer_for
 
 # the settings a resume must share with the checkpoint it continues
 RESUME_KEYS = ("batch_size", "seed", "preset", "data", "corpus", "max_seq_length")
@@ -126,15 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(tcfg.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1 unless told otherwise
     torch.manual_seed(tcfg.seed)  # same initial weights on every rank
     model = ElectraPretrainer(mcfg)
-    opt, sched = make_optimizer(
-        model,
-        lr=tcfg.lr,
-        betas=tuple(tcfg.adam_betas),
-        eps=tcfg.adam_eps,
-        weight_decay=tcfg.weight_decay,
-        warmup=tcfg.warmup_steps,
-        total=tcfg.schedule_steps,
-    )
+    opt, sched = optimizer_for(model, tcfg)
     prog = Progress()
     store = config.get("store")  # {"filesystem": pyarrow fs, "root": run folder path in it}
 
@@ -231,17 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     def batch_and_masks(rows: np.ndarray, key: int):
         """Padded tensors of ``rows`` and their masks, drawn from (seed, key) on the CPU."""
-        ids, types, att = (torch.from_numpy(a) for a in build_batch(arrays, rows, seq_len, special["pad"]))
-        masks = draw_masks(
-            ids,
-            att,
-            special_ids,
-            mask_prob=mcfg.mask_prob,
-            mask_token_prob=mcfg.mask_token_prob,
-            max_predictions=mcfg.max_predictions(seq_len),
-            generator=step_generator(tcfg.seed, key),
-        )
-        return ids, types, att, masks
+        return masked_batch(arrays, rows, seq_len, special["pad"], special_ids, mcfg, tcfg.seed, key)
 
     def evaluate() -> dict[str, float]:
         """Held-out instances (a seeded random slice), fixed masks; sums all-reduced."""

@@ -136,3 +136,17 @@ def make_optimizer(
     opt = AdamNoBiasCorrection(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
     return opt, sched
+
+
+def optimizer_for(model: nn.Module, tcfg):
+    """The optimizer and schedule a TrainConfig asks for (peak lr, betas, eps, weight decay, warm-up,
+    decay to 0 at its schedule's last step)."""
+    return make_optimizer(
+        model,
+        lr=tcfg.lr,
+        betas=tuple(tcfg.adam_betas),
+        eps=tcfg.adam_eps,
+        weight_decay=tcfg.weight_decay,
+        warmup=tcfg.warmup_steps,
+        total=tcfg.schedule_steps,
+    )
