@@ -217,6 +217,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     flops_tok = flops_per_token(mcfg, seq_len)
     peak = peak_flops(device)
     t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0
+    report_wait = 0.0  # seconds the last ray.train.report blocked (see trainer.REPORT_POLL_S)
     history: list[dict[str, float]] = []
     special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
 
@@ -367,6 +368,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             steps_per_s=steps_since / dt,
             tflops_per_s=tokens_s * flops_tok / 1e12,
             data_wait_share=data_wait / dt,
+            report_wait_share=report_wait / dt,
             workers=world,
             eta_s=(tcfg.max_steps - step) / max(steps_since / dt, 1e-9),
             tokens_seen=prog.tokens_seen,
@@ -445,6 +447,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 train_config=tcfg.to_dict(),
             )
             checkpoint = ray.train.Checkpoint.from_directory(folder)
+        t_report = time.perf_counter()
         ray.train.report(
             metrics,
             checkpoint=checkpoint,
@@ -457,6 +460,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             if checkpoint is not None and store
             else None,
         )
+        report_wait = time.perf_counter() - t_report
     return {
         "step": prog.step,
         "history": history,
