@@ -93,6 +93,10 @@ def main() -> int:
         **os.environ,
         "RAY_ADDRESS": cluster.address,
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
+        # Pacing: the run must still be going when Ray Train notices the added node (~20 s). Ray
+        # Train's default 2-s poll holds the job to one report per 2 s (jobs/pretrain.py polls every
+        # 0.2 s otherwise, and a tiny run would end first): ≥ 28 s for the last 140 of 240 steps.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2",
     }
     cmd = [
         sys.executable,
