@@ -245,7 +245,7 @@ class FlakyProxy:
 @pytest.mark.slow
 def test_s3_outage_during_checkpoint_uploads(prepared, s3_server, bucket, monkeypatch, capfd):  # noqa: F811
     """The S3 endpoint goes away for a while right after a checkpoint is committed: the next uploads
-    retry, training goes on meanwhile, every checkpoint in the bucket is complete, the run ends with
+    retry, training goes on meanwhile (up to the checkpoint after), every checkpoint in the bucket is complete, the run ends with
     the parameters of a run without the outage, and no credential is printed or written."""
     import io
     import json
@@ -294,7 +294,10 @@ def test_s3_outage_during_checkpoint_uploads(prepared, s3_server, bucket, monkey
     assert proxy.refused > 0, "S3 requests were refused during the outage"
     assert s["step"] == 60
     during = [h["step"] for h in s["history"] if outage[0] < h["time"] < outage[1]]
-    assert during and max(during) > 10, f"training went on during the outage (reports at steps {during})"
+    # training and its metric reports went on while the step-20 upload retried, up to the step-30
+    # checkpoint, which waits for the previous upload (Ray's own async upload mode held every report
+    # behind the pending upload: training stopped at step 22)
+    assert during and max(during) >= 30, f"training went on during the outage (reports at steps {during})"
 
     def objects(prefix):
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=name, Prefix=prefix)

@@ -32,6 +32,7 @@ from electra_ray.config import ModelConfig, TrainConfig
 from electra_ray.model.electra import METRIC_NAMES, ElectraPretrainer, flops_per_token
 from electra_ray.model.masking import masked_batch
 from electra_ray.train.checkpoint import (
+    CheckpointUploads,
     Progress,
     check_compatible,
     load_model_state,
@@ -42,7 +43,6 @@ from electra_ray.train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
-    upload_checkpoint,
 )
 from electra_ray.train.data import (
     batch_position,
@@ -128,6 +128,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     opt, sched = optimizer_for(model, tcfg)
     prog = Progress()
     store = config.get("store")  # {"filesystem": pyarrow fs, "root": run folder path in it}
+    if not store:
+        where = ctx.get_storage()
+        store = {"filesystem": where.storage_filesystem, "root": where.experiment_fs_path}
+    # rank 0 uploads checkpoints in the background and reports each to Ray once it is in storage
+    uploads = (
+        CheckpointUploads(store["filesystem"], store["root"], retry_s=tcfg.upload_retry_s)
+        if rank == 0
+        else None
+    )
 
     # --------------------------------------------------------------------------------- resume
     ckpt = ray.train.get_checkpoint()
@@ -218,6 +227,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     peak = peak_flops(device)
     t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0
     report_wait = 0.0  # seconds the last ray.train.report blocked (see trainer.REPORT_POLL_S)
+    upload_wait = 0.0  # seconds the last checkpoint waited for the previous one's upload to end
+    upload_due = False  # the last report started a checkpoint upload: report it after the loop
     history: list[dict[str, float]] = []
     special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
 
@@ -369,6 +380,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             tflops_per_s=tokens_s * flops_tok / 1e12,
             data_wait_share=data_wait / dt,
             report_wait_share=report_wait / dt,
+            upload_wait_share=upload_wait / dt,  # rank 0 waiting for a checkpoint upload to end
             workers=world,
             eta_s=(tcfg.max_steps - step) / max(steps_since / dt, 1e-9),
             tokens_seen=prog.tokens_seen,
@@ -424,10 +436,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 f"| {metrics['tokens_per_s']:.0f} tok/s | wait {100 * metrics['data_wait_share']:.1f}% | eta {metrics['eta_s'] / 60:.1f} min",
                 flush=True,
             )
-        checkpoint = None
         if want_ckpt:
             since_ckpt_bad = 0
             last_good = snapshot()
+        checkpoint = None  # an uploaded checkpoint not yet reported (rank 0)
+        upload_wait = 0.0
         if want_ckpt and rank == 0:
             folder = local_checkpoint_folder()  # deleted after the upload
             save_checkpoint(
@@ -446,21 +459,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 model_config=mcfg.to_dict(),
                 train_config=tcfg.to_dict(),
             )
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
+            t_wait = time.perf_counter()
+            checkpoint = uploads.finished(wait=True)  # the previous checkpoint's upload must end first
+            upload_wait = time.perf_counter() - t_wait
+            if upload_wait > 1.0:
+                print(
+                    f"step {step}: waited {upload_wait:.1f} s for the previous checkpoint's upload",
+                    flush=True,
+                )
+            uploads.start(folder, f"step_{step:08d}")
+        elif rank == 0:
+            checkpoint = uploads.finished()
+        upload_due = want_ckpt
         t_report = time.perf_counter()
         ray.train.report(
             metrics,
             checkpoint=checkpoint,
-            checkpoint_dir_name=f"step_{step:08d}" if want_ckpt else None,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC
-            if checkpoint is not None
-            else ray.train.CheckpointUploadMode.SYNC,
-            delete_local_checkpoint_after_upload=checkpoint is not None,
-            checkpoint_upload_fn=_uploader(store, tcfg.upload_retry_s)
-            if checkpoint is not None and store
-            else None,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
         )
         report_wait = time.perf_counter() - t_report
+    if upload_due:  # every rank reports once more: the last checkpoint, once rank 0's upload has ended
+        ray.train.report(
+            history[-1],
+            checkpoint=uploads.finished(wait=True) if rank == 0 else None,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
+        )
     return {
         "step": prog.step,
         "history": history,
@@ -468,15 +491,3 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "pid": os.getpid(),
         "progress": prog.state_dict(tcfg.batch_size),
     }
-
-
-def _uploader(store: dict[str, Any], retry_s: float):
-    """Ray Train's checkpoint_upload_fn: our upload with long retries, meta.json last."""
-    import ray.train
-
-    def upload(checkpoint, checkpoint_dir_name: str):
-        dest = f"{store['root'].rstrip('/')}/{checkpoint_dir_name}"
-        upload_checkpoint(checkpoint.path, store["filesystem"], dest, retry_s=retry_s)
-        return ray.train.Checkpoint(path=dest, filesystem=store["filesystem"])
-
-    return upload

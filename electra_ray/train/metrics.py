@@ -2,8 +2,8 @@
 
 ``MetricsLogger`` is a Ray Train ``UserCallback``: it runs in the train controller (on the driver's
 node, so the driver can remove its local TensorBoard folder at the end), receives rank
-0's metrics after every ``ray.train.report`` and writes them to the run folder (local or s3://) as
-they come, so a killed run keeps its history. A resumed run continues the files: rows at or after
+0's metrics after every ``ray.train.report`` and a writer thread copies them to the run folder
+(local or s3://) every few seconds, so a killed run keeps its history (all but the last seconds). A resumed run continues the files: rows at or after
 the resume step are replaced (TensorBoard's ``purge_step`` does the same for the event files).
 Rollbacks after non-finite losses are also kept in ``{run}/events.jsonl`` (metrics.jsonl keeps
 only the steps the model actually has). ``plot_curves`` draws ``plots/curves.png`` from metrics.jsonl at the end of a launch.
@@ -56,64 +56,210 @@ def _base():
 
 TB_PREFIX = "electra-tb-"  # the local TensorBoard folder: storage.scratch_folder(TB_PREFIX), by the driver
 
+WRITE_EVERY_S = 5.0  # at most one write of the run folder's metrics files per this many seconds
+WRITE_SHARE = 0.1  # ... and at most this share of the writer's time (the files are rewritten whole)
+RETRY_S = 5.0  # after a failed write (storage outage), the next attempt
+CLOSE_TIMEOUT_S = 60.0  # the final write, when the controller shuts down
+
+_LOGGERS: dict[str, MetricsLogger] = {}  # in the controller process: MetricsFlush finds its logger here
+
+
+def _controller_callback_base():
+    try:
+        from ray.train.v2._internal.execution.callback import ControllerCallback
+
+        return ControllerCallback
+    except ImportError:  # pragma: no cover - Ray Train always present with the project's deps
+        return object
+
 
 class MetricsLogger(_base()):
-    """Writes each report of rank 0 to ``{run}/metrics.jsonl`` and ``{run}/tensorboard/``."""
+    """Writes each report of rank 0 to ``{run}/metrics.jsonl`` and ``{run}/tensorboard/``.
+
+    ``after_report`` runs in the controller's event loop, and the controller only takes the
+    workers' next reports (Ray Train's one-slot queue per worker) once it returns: so it only
+    records the report in memory and in the local TensorBoard files; a writer thread copies them to
+    the run folder at most every ``WRITE_EVERY_S`` (storage retries, outages and slow uploads
+    never hold training up). ``MetricsFlush`` (a controller callback, pass both: ``callbacks()``)
+    makes the last write before ``fit()`` returns.
+    """
 
     def __init__(self, run: str, tb_dir: str) -> None:
+        import uuid
+
+        self.key = uuid.uuid4().hex
         self.run = run
-        self.rows: list[dict[str, Any]] | None = None
-        self.writer = None
+        # the controller's environment is the Ray node's, not the driver's: write where the driver does
+        self.endpoint = storage.endpoint_url()
         self.tb_dir = tb_dir  # local event files, copied to {run}/tensorboard/; the driver removes it
-        self.failing = False
-        self.events: list[dict[str, Any]] = []
+        self.first_step: int | None = None
+        self.rows: list[dict[str, Any]] = []  # this launch's reports
+        self.events: list[dict[str, Any]] = []  # this launch's rollbacks
+        self.writer = None
+        self._thread = None
 
-    def _start(self, first_step: int) -> None:
-        path = storage.join(self.run, "metrics.jsonl")
-        rows = []
-        if storage.exists(path):
-            rows = [json.loads(ln) for ln in storage.read_text(path).splitlines() if ln.strip()]
-        self.rows = [r for r in rows if r.get("step", 0) < first_step]
-        events = storage.join(self.run, "events.jsonl")
-        if storage.exists(events):
-            self.events = [json.loads(ln) for ln in storage.read_text(events).splitlines() if ln.strip()]
-        from torch.utils.tensorboard import SummaryWriter
+    def __getstate__(self) -> dict[str, Any]:  # the callback travels to the controller before it starts
+        state = dict(self.__dict__)
+        for k in ("writer", "_thread", "_cond"):
+            state.pop(k, None)
+        return state
 
-        os.makedirs(self.tb_dir, exist_ok=True)
-        self.writer = SummaryWriter(self.tb_dir, purge_step=first_step)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.writer = None
+        self._thread = None
+
+    # --- in the controller's event loop ---------------------------------------------------------
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         m = metrics[0] if metrics else {}
         if "step" not in m:
             return
-        if self.rows is None:
-            self._start(int(m["step"]))
-        self.rows = [r for r in self.rows if r["step"] < m["step"]] + [m]
-        if "rolled_back_to" in m:  # metrics.jsonl drops the abandoned steps; the event stays on record
-            self.events.append({"event": "rollback", **m})
-        for key, value in m.items():
-            if isinstance(value, (int, float)) and key != "step":
-                group = "eval" if key.startswith("eval_") else "train"
-                self.writer.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, int(m["step"]))
-        self.writer.flush()
-        try:  # the files are rewritten whole each time: a write missed in a storage outage is caught up
+        step = int(m["step"])
+        if self.rows and self.rows[-1] == m:  # the loop's last report again, with the last checkpoint
+            return
+        if self._thread is None:
+            self._start(step)
+        with self._cond:
+            self.rows = [r for r in self.rows if r["step"] < step] + [m]
+            if "rolled_back_to" in m:  # metrics.jsonl drops the abandoned steps; the event stays on record
+                self.events.append({"event": "rollback", **m})
+            for key, value in m.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    group = "eval" if key.startswith("eval_") else "train"
+                    self.writer.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, step)
+            self._dirty = True
+            self._cond.notify()
+
+    def _start(self, first_step: int) -> None:
+        import threading
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.first_step = first_step
+        if self.endpoint and storage.endpoint_url() != self.endpoint:  # this process runs only this run
+            os.environ["AWS_ENDPOINT_URL_S3"] = self.endpoint
+        os.makedirs(self.tb_dir, exist_ok=True)
+        self.writer = SummaryWriter(self.tb_dir, purge_step=first_step)
+        self._cond = threading.Condition()
+        self._dirty = False
+        self._closing = False
+        self._failing = False
+        self._prior: tuple[list, list] | None = None  # the run folder's rows and events before this launch
+        self.writes = 0
+        _LOGGERS[self.key] = self
+        self._thread = threading.Thread(target=self._write_loop, name="metrics-writer", daemon=True)
+        self._thread.start()
+
+    # --- in the writer thread -------------------------------------------------------------------
+
+    def _read_prior(self) -> tuple[list, list]:
+        def jsonl(name: str) -> list[dict[str, Any]]:
+            path = storage.join(self.run, name)
+            if not storage.exists(path):
+                return []
+            return [json.loads(ln) for ln in storage.read_text(path).splitlines() if ln.strip()]
+
+        # a resumed run continues the files: rows at or after the resume step are replaced
+        return [r for r in jsonl("metrics.jsonl") if r.get("step", 0) < self.first_step], jsonl(
+            "events.jsonl"
+        )
+
+    def _write_once(self) -> None:
+        if self._prior is None:
+            self._prior = self._read_prior()
+        with self._cond:
+            rows, events = self._prior[0] + self.rows, self._prior[1] + self.events
+            self._dirty = False
+            self.writer.flush()
+        storage.write_text(
+            storage.join(self.run, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows)
+        )
+        if events:
             storage.write_text(
-                storage.join(self.run, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows)
+                storage.join(self.run, "events.jsonl"), "".join(json.dumps(r) + "\n" for r in events)
             )
-            if self.events:
-                storage.write_text(
-                    storage.join(self.run, "events.jsonl"), "".join(json.dumps(r) + "\n" for r in self.events)
-                )
-            for f in glob.glob(os.path.join(self.tb_dir, "events.*")):
-                with open(f, "rb") as fh:
-                    storage.write_bytes(storage.join(self.run, "tensorboard", os.path.basename(f)), fh.read())
-            if self.failing:
-                print(f"metrics: {self.run} is writable again; metrics.jsonl caught up", flush=True)
-            self.failing = False
-        except (storage.StorageError, OSError) as e:
-            if not self.failing:
-                print(f"metrics: cannot write to {self.run} ({e}); training goes on, will retry", flush=True)
-            self.failing = True
+        for f in glob.glob(os.path.join(self.tb_dir, "events.*")):
+            with open(f, "rb") as fh:
+                storage.write_bytes(storage.join(self.run, "tensorboard", os.path.basename(f)), fh.read())
+        self.writes += 1
+
+    def _write_loop(self) -> None:
+        import time
+
+        while True:
+            with self._cond:
+                while not self._dirty and not self._closing:
+                    self._cond.wait()
+                if not self._dirty:
+                    return
+            t0 = time.monotonic()
+            try:
+                self._write_once()
+            except (storage.StorageError, OSError) as e:
+                with self._cond:
+                    self._dirty = True
+                if not self._failing:
+                    print(
+                        f"metrics: cannot write to {self.run} ({e}); training goes on, will retry", flush=True
+                    )
+                self._failing = True
+                pause = RETRY_S
+            else:
+                if self._failing:
+                    print(f"metrics: {self.run} is writable again; metrics.jsonl caught up", flush=True)
+                self._failing = False
+                pause = max(WRITE_EVERY_S, (time.monotonic() - t0) * (1 - WRITE_SHARE) / WRITE_SHARE)
+            with self._cond:  # the final write (close) does not wait for the pause
+                self._cond.wait_for(lambda: self._closing, timeout=pause)
+                if self._closing and self._failing:
+                    return  # close() makes the last attempt itself
+
+    # --- at the end ---------------------------------------------------------------------------
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> bool:
+        """Write what is not written yet and stop the writer; False if the run folder stayed unwritable."""
+        _LOGGERS.pop(self.key, None)
+        if self._thread is None:
+            return True
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            print(f"metrics: the last write to {self.run} did not finish in {timeout:.0f} s", flush=True)
+            return False
+        if self._failing or self._dirty:
+            try:
+                self._write_once()
+            except (storage.StorageError, OSError) as e:
+                print(f"metrics: the last reports could not be written to {self.run} ({e})", flush=True)
+                return False
+        self.writer.close()
+        return True
+
+    def callbacks(self) -> list:
+        """For ``RunConfig(callbacks=...)``: this logger and the controller hook that flushes it."""
+        return [self, MetricsFlush(self.key)]
+
+
+class MetricsFlush(_controller_callback_base()):
+    """Flushes the run's ``MetricsLogger`` when the controller shuts down (ended, failed or aborted)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def before_controller_shutdown(self) -> None:
+        import asyncio
+
+        logger = _LOGGERS.get(self.key)
+        if logger is not None:
+            await asyncio.to_thread(logger.close)
+
+    def before_controller_abort(self) -> None:
+        logger = _LOGGERS.get(self.key)
+        if logger is not None:
+            logger.close(timeout=10.0)
 
 
 def read_metrics(run: str) -> list[dict[str, Any]]:

@@ -235,7 +235,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
             **where,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            callbacks=[MetricsLogger(run, tb_dir)],
+            callbacks=MetricsLogger(run, tb_dir).callbacks(),
         ),
     )
     try:
