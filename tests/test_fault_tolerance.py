@@ -245,8 +245,9 @@ class FlakyProxy:
 @pytest.mark.slow
 def test_s3_outage_during_checkpoint_uploads(prepared, s3_server, bucket, monkeypatch, capfd):  # noqa: F811
     """The S3 endpoint goes away for a while right after a checkpoint is committed: the next uploads
-    retry, training goes on meanwhile (up to the checkpoint after), every checkpoint in the bucket is complete, the run ends with
-    the parameters of a run without the outage, and no credential is printed or written."""
+    retry, training goes on meanwhile (up to the checkpoint after), every checkpoint in the bucket
+    is complete, the run ends with the parameters of a run without the outage, and no credential is
+    printed or written."""
     import io
     import json
 

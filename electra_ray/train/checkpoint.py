@@ -231,10 +231,6 @@ class CheckpointUploads:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-upload")
         self._pending = None  # (future, destination)
 
-    @property
-    def busy(self) -> bool:
-        return self._pending is not None and not self._pending[0].done()
-
     def start(self, folder: str, name: str) -> None:
         """Upload the local checkpoint ``folder`` to ``{root}/{name}``, then delete the folder."""
         if self._pending is not None:

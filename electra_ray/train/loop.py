@@ -127,10 +127,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model = ElectraPretrainer(mcfg)
     opt, sched = optimizer_for(model, tcfg)
     prog = Progress()
-    store = config.get("store")  # {"filesystem": pyarrow fs, "root": run folder path in it}
-    if not store:
-        where = ctx.get_storage()
-        store = {"filesystem": where.storage_filesystem, "root": where.experiment_fs_path}
+    store = config["store"]  # {"filesystem": pyarrow fs, "root": run folder path in it}
     # rank 0 uploads checkpoints in the background and reports each to Ray once it is in storage
     uploads = (
         CheckpointUploads(store["filesystem"], store["root"], retry_s=tcfg.upload_retry_s)

@@ -2,11 +2,12 @@
 
 ``MetricsLogger`` is a Ray Train ``UserCallback``: it runs in the train controller (on the driver's
 node, so the driver can remove its local TensorBoard folder at the end), receives rank
-0's metrics after every ``ray.train.report`` and a writer thread copies them to the run folder
-(local or s3://) every few seconds, so a killed run keeps its history (all but the last seconds). A resumed run continues the files: rows at or after
-the resume step are replaced (TensorBoard's ``purge_step`` does the same for the event files).
-Rollbacks after non-finite losses are also kept in ``{run}/events.jsonl`` (metrics.jsonl keeps
-only the steps the model actually has). ``plot_curves`` draws ``plots/curves.png`` from metrics.jsonl at the end of a launch.
+0's metrics after every ``ray.train.report``, and a writer thread copies them to the run folder
+(local or s3://) every few seconds, so a killed run keeps its history (all but the last seconds).
+A resumed run continues the files: rows at or after the resume step are replaced (TensorBoard's
+``purge_step`` does the same for the event files). Rollbacks after non-finite losses are also kept
+in ``{run}/events.jsonl`` (metrics.jsonl keeps only the steps the model actually has).
+``plot_curves`` draws ``plots/curves.png`` from metrics.jsonl at the end of a launch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import io
 import json
 import os
 from typing import Any
+
+from ray.train import UserCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback
 
 from electra_ray import storage
 
@@ -45,15 +49,6 @@ def peak_flops(device) -> float | None:
     return None
 
 
-def _base():
-    try:
-        from ray.train import UserCallback
-
-        return UserCallback
-    except ImportError:  # pragma: no cover - Ray Train always present with the project's deps
-        return object
-
-
 TB_PREFIX = "electra-tb-"  # the local TensorBoard folder: storage.scratch_folder(TB_PREFIX), by the driver
 
 WRITE_EVERY_S = 5.0  # at most one write of the run folder's metrics files per this many seconds
@@ -64,16 +59,7 @@ CLOSE_TIMEOUT_S = 60.0  # the final write, when the controller shuts down
 _LOGGERS: dict[str, MetricsLogger] = {}  # in the controller process: MetricsFlush finds its logger here
 
 
-def _controller_callback_base():
-    try:
-        from ray.train.v2._internal.execution.callback import ControllerCallback
-
-        return ControllerCallback
-    except ImportError:  # pragma: no cover - Ray Train always present with the project's deps
-        return object
-
-
-class MetricsLogger(_base()):
+class MetricsLogger(UserCallback):
     """Writes each report of rank 0 to ``{run}/metrics.jsonl`` and ``{run}/tensorboard/``.
 
     ``after_report`` runs in the controller's event loop, and the controller only takes the
@@ -95,18 +81,7 @@ class MetricsLogger(_base()):
         self.first_step: int | None = None
         self.rows: list[dict[str, Any]] = []  # this launch's reports
         self.events: list[dict[str, Any]] = []  # this launch's rollbacks
-        self.writer = None
-        self._thread = None
-
-    def __getstate__(self) -> dict[str, Any]:  # the callback travels to the controller before it starts
-        state = dict(self.__dict__)
-        for k in ("writer", "_thread", "_cond"):
-            state.pop(k, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.writer = None
+        self.writer = None  # writer and thread: made in the controller, at the first report
         self._thread = None
 
     # --- in the controller's event loop ---------------------------------------------------------
@@ -153,21 +128,14 @@ class MetricsLogger(_base()):
 
     # --- in the writer thread -------------------------------------------------------------------
 
-    def _read_prior(self) -> tuple[list, list]:
-        def jsonl(name: str) -> list[dict[str, Any]]:
-            path = storage.join(self.run, name)
-            if not storage.exists(path):
-                return []
-            return [json.loads(ln) for ln in storage.read_text(path).splitlines() if ln.strip()]
-
-        # a resumed run continues the files: rows at or after the resume step are replaced
-        return [r for r in jsonl("metrics.jsonl") if r.get("step", 0) < self.first_step], jsonl(
-            "events.jsonl"
-        )
-
     def _write_once(self) -> None:
-        if self._prior is None:
-            self._prior = self._read_prior()
+        if (
+            self._prior is None
+        ):  # a resumed run continues the files: rows from the resume step on are replaced
+            self._prior = (
+                [r for r in read_metrics(self.run) if r.get("step", 0) < self.first_step],
+                read_metrics(self.run, "events.jsonl"),
+            )
         with self._cond:
             rows, events = self._prior[0] + self.rows, self._prior[1] + self.events
             self._dirty = False
@@ -243,7 +211,7 @@ class MetricsLogger(_base()):
         return [self, MetricsFlush(self.key)]
 
 
-class MetricsFlush(_controller_callback_base()):
+class MetricsFlush(ControllerCallback):
     """Flushes the run's ``MetricsLogger`` when the controller shuts down (ended, failed or aborted)."""
 
     def __init__(self, key: str) -> None:
@@ -262,8 +230,9 @@ class MetricsFlush(_controller_callback_base()):
             logger.close(timeout=10.0)
 
 
-def read_metrics(run: str) -> list[dict[str, Any]]:
-    path = storage.join(run, "metrics.jsonl")
+def read_metrics(run: str, name: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    """The rows of ``{run}/{name}`` (metrics.jsonl or events.jsonl); [] when there is none yet."""
+    path = storage.join(run, name)
     if not storage.exists(path):
         return []
     return [json.loads(ln) for ln in storage.read_text(path).splitlines() if ln.strip()]
