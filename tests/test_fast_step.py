@@ -208,10 +208,12 @@ def test_fast_step_skips_a_nonfinite_step_and_reloads_optimizer_state(device, fl
 
 
 def _half_batch_step(cfg, model, opt, world):
-    """An uncompiled FastStep on micro-batches of half the batch."""
+    """An uncompiled FastStep on micro-batches of half the batch; one rank keeps the per-tensor
+    update, so the two-rank flat update is checked against the other implementation."""
     return FastStep(
         model, opt, device=torch.device("cpu"), micro=B // 2, seq_len=L,
         slots=cfg.max_predictions(L), mask_id=MASK, clip_norm=1.0, compile=False, world=world,
+        flat=world > 1,
     )  # fmt: skip
 
 

@@ -7,16 +7,19 @@ update) and differs only in how it runs:
 
 - ``torch.compile`` (Inductor, ``dynamic=False``) of the forward pass with its loss and metric sums
   (bf16 autocast on CUDA; attention is transformers' SDPA path); AOTAutograd compiles its
-  backward. The optimizer update (gradient-norm clipping, the non-finite skip and Adam without
-  bias correction) is one function of foreach kernels with the learning rate a device tensor, so a
-  changing rate re-records nothing; compiling it too is optional (``compile_update``): Inductor took
-  over 10 minutes on ~400 parameter tensors on the CPU, for 0.07 s a step saved there;
+  backward. The parameters, gradients and Adam moments live in one flat buffer each (the
+  parameters are views of theirs), so the optimizer update (gradient-norm clipping, the non-finite
+  skip and Adam without bias correction) is one compiled function of a reduction and a fused loop
+  over four tensors, with the learning rate a device tensor, so a changing rate re-records
+  nothing. It compiles in seconds; the per-tensor update (``flat=False``, or parameters of mixed
+  dtypes) is a few foreach kernels per tensor, ~1,200 launches for ``small``, and compiling that
+  (``compile_update``) took Inductor over 10 minutes on the CPU;
 - shapes never depend on the data: a fixed number of masked slots per sequence
   (``model.masking``), fixed micro-batch shapes, so one compilation serves the whole run;
 - on CUDA, the forward+backward of a micro-batch and the update are each captured once in a CUDA
   graph and replayed: a step is a few small copies and two replays. With several workers the
-  model is not wrapped in DDP (its gradient hooks cannot be captured): the gradients live in one
-  flat buffer, and ``step`` all-reduces it with one collective between the two replays;
+  model is not wrapped in DDP (its gradient hooks cannot be captured): ``step`` all-reduces the
+  flat gradient buffer with one collective between the two replays;
 - the metric sums accumulate in a device buffer that the loop reads every ``log_every`` steps;
 - the token ids live on the device (``DeviceInstances``, the corpus as uint16 ≈ 1.5 GB for all of
   Japanese Wikipedia); a batch is gathered and masked there from a per-epoch permutation uploaded
@@ -172,10 +175,11 @@ class FastStep:
     normalized by the global batch's counts. ``acc`` holds the metric sums since the last ``acc.zero_()``,
     ``bad`` the number of skipped (non-finite) steps, ``grad_norm`` the last step's gradient norm.
 
-    ``flat`` (off by default for one worker until measured on a GPU, ``bench_train.py --variants
-    flat``; always on with ``world`` > 1) moves the parameters, gradients and Adam moments into one
-    buffer each (the parameters become views of it, in the optimizer's group order), so the update
-    is a dozen kernels over a single tensor; state dicts, checkpoints and tying are unchanged.
+    ``flat`` (the default; required with ``world`` > 1) moves the parameters, gradients and Adam
+    moments into one buffer each (the parameters become views of it, in the optimizer's group
+    order), so the update is one compiled function over four tensors; state dicts, checkpoints and
+    tying are unchanged. ``flat=False`` keeps the per-tensor foreach update (what
+    ``bench_train.py --variants pertensor`` measures).
     """
 
     def __init__(
@@ -192,7 +196,7 @@ class FastStep:
         compile: bool = True,
         compile_update: bool = False,
         graphs: bool | None = None,
-        flat: bool = False,
+        flat: bool = True,
         world: int = 1,
     ) -> None:
         self.model, self.opt, self.device = model, opt, device
@@ -243,6 +247,12 @@ class FastStep:
         ):  # slow to compile (minutes for ~400 tensors); a CUDA graph removes its launches anyway
             upd = torch.compile(_update, dynamic=False)
         self._fwd, self._upd = fwd, upd
+        # on four flat tensors the update compiles in seconds (on the CPU, for small: 33 ms a step
+        # instead of the per-tensor update's 83; benchmarks/bench_train.py --variants fast,pertensor)
+        upd_flat = _update_flat
+        if compile and self.flat is not None:
+            upd_flat = torch.compile(_update_flat, dynamic=False)
+        self._upd_flat = upd_flat
         self._graph_fwd = self._graph_upd = None
         self._warm = False
 
@@ -334,7 +344,7 @@ class FastStep:
     def _step(self) -> None:
         hyper = (self.lr, self.enable, self.clip_norm, self.betas, self.eps)
         if self.flat is not None:
-            norm, ok = _update_flat(self.flat, self.segments, *hyper)
+            norm, ok = self._upd_flat(self.flat, self.segments, *hyper)
         else:
             if self._graph_upd is None:  # eager/compiled: the gradients as they are now
                 self.groups = [(ps, [p.grad for p in ps], ms, vs, wd) for ps, _, ms, vs, wd in self.groups]
