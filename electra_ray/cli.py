@@ -8,6 +8,7 @@ and what is wrong, and exit with status 2.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -20,6 +21,26 @@ from electra_ray.storage import StorageError
 
 #: Exceptions that mean "bad input or configuration": shown as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, StorageError, FileNotFoundError, PermissionError)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The jobs' ``--help``: the description as written, and each flag's default after its help
+    (unless it has none or the help already says what it is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or not action.option_strings
+            or "default" in text
+        ):
+            return text
+        if isinstance(default, tuple):  # --num-workers MIN:MAX
+            default = default[0] if len(set(default)) == 1 else ":".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
 # where `ray start --head` records its address for later `ray.init()` calls

@@ -460,7 +460,7 @@ class TrainConfig(Config):
     fast_step: str = field(
         default="auto",
         metadata={
-            "help": "auto|on|off: the compiled training step (static shapes, CUDA graphs on one GPU, "
+            "help": "auto|on|off: the compiled training step (static shapes, CUDA graphs, "
             "batches built on the device; docs/performance.md); auto = on with GPUs, off on CPUs"
         },
     )

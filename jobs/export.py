@@ -20,7 +20,7 @@ from electra_ray import cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--run", required=True, help="the run folder, STORAGE/RUN (local path or s3://)")
     p.add_argument("--output", required=True, help="folder to write the HF models to (local path or s3://)")
     p.add_argument(

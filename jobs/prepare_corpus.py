@@ -1,4 +1,4 @@
-"""Japanese Wikipedia dump → clean sentence corpus (Parquet shards + manifest.json).
+r"""Japanese Wikipedia dump → clean sentence corpus (Parquet shards + manifest.json).
 
     python jobs/prepare_corpus.py --dump jawiki-…-multistream.xml.bz2 \
         --index jawiki-…-multistream-index.txt.bz2 --output s3://bucket/corpus [--format text]
@@ -20,7 +20,7 @@ from electra_ray.config import CleanConfig, CorpusConfig, help_of  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> CorpusConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--dump", required=True, help=help_of(CorpusConfig, "dump"))
     p.add_argument("--index", default=None, help=help_of(CorpusConfig, "index"))
     p.add_argument("--output", required=True, help=help_of(CorpusConfig, "output"))

@@ -1,4 +1,4 @@
-"""Instances → ELECTRA (generator + discriminator) on Ray Train; checkpoints in the run folder.
+r"""Instances → ELECTRA (generator + discriminator) on Ray Train; checkpoints in the run folder.
 
     python jobs/pretrain.py --data out/instances --tokenizer out/tokenizer \
         --storage-path s3://bucket/runs --name electra-small [--preset small] [--num-workers 2:8] [--use-gpu]
@@ -29,7 +29,7 @@ def workers(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     h = lambda name: help_of(TrainConfig, name)  # noqa: E731
     d = TrainConfig.__dataclass_fields__
     src = p.add_mutually_exclusive_group(required=True)

@@ -19,7 +19,7 @@ from electra_ray.config import InstancesConfig, help_of  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> InstancesConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     h = lambda name: help_of(InstancesConfig, name)  # noqa: E731
     p.add_argument("--corpus", required=True, help=h("corpus"))
     p.add_argument("--tokenizer", required=True, help=h("tokenizer"))

@@ -21,7 +21,7 @@ from electra_ray.config import TokenizerConfig, help_of  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> TokenizerConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     h = lambda name: help_of(TokenizerConfig, name)  # noqa: E731
     p.add_argument("--corpus", required=True, help=h("corpus"))
     p.add_argument("--output", required=True, help=h("output"))

@@ -327,3 +327,33 @@ def test_fast_step_trains_like_the_plain_step(prepared, tmp_path):
         assert c["workers"] == 2 and b["workers"] == 1
     assert hf[-1]["nonfinite_steps"] == hp[-1]["nonfinite_steps"] == h2[-1]["nonfinite_steps"] == 1
     assert "eval_gen_loss" in hf[-1] and "eval_gen_loss" in h2[-1]
+
+
+@pytest.mark.parametrize(
+    "job", ["prepare_corpus", "train_tokenizer", "tokenize_corpus", "pretrain", "export"]
+)
+def test_job_help_shows_the_usage_and_the_defaults(job, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(job, os.path.join(ROOT, "jobs", f"{job}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"python jobs/{job}.py" in out  # the usage example, as written
+    if job == "pretrain":
+        assert "--tokenizer out/tokenizer \\\n        --storage-path" in out  # the example's line break
+        options = out.split("\noptions:\n", 1)[1]
+        helps = {}  # each flag's help text, its wrapped lines joined
+        for line in options.splitlines():
+            if line.startswith("  -"):
+                flag, current = line.split()[0].rstrip(","), line
+                helps[flag] = current
+            else:
+                helps[flag] += line
+        for flag, default in (("--batch-size", "128"), ("--num-workers", "1"), ("--lr", "0.0005")):
+            text = " ".join(helps[flag].split())
+            assert f"(default: {default})" in text, text
+        assert "(default: None)" not in out
