@@ -19,6 +19,7 @@ that checkpoint's state (kept in host memory) and the data cursor moves on past 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import nullcontext
@@ -93,11 +94,25 @@ def _rates(t: torch.Tensor) -> dict[str, float]:
     }
 
 
+def quiet_ray_report_log() -> None:
+    """Ray Train (2.60) logs each ``ray.train.report`` of every rank at INFO with its whole metrics
+    dict, on a logger named by its file's path, which RunConfig's log level does not govern; the
+    loop's own line says the same once per report. Quieted to warnings."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    log = getattr(context, "logger", None)
+    if isinstance(log, logging.Logger):
+        log.setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray
     import ray.train
     import ray.train.torch
 
+    quiet_ray_report_log()
     # ---------------------------------------------------------------------------------- setup
     tcfg = TrainConfig.from_dict(config["train"])
     mcfg = ModelConfig.from_dict(config["model"])

@@ -23,6 +23,9 @@ from electra_ray.tokenization.wordpiece import JapaneseWordPieceTokenizer
 # (seen here: 60 tiny steps reported every 2 took 57 s instead of ~5). The driver's value of the
 # variable is passed on to the controller; we poll every 0.2 s unless it is set.
 REPORT_POLL_S = "0.2"
+# Ray Train also sends every print() of a worker to its root logger, which prints it again: each log
+# line would show twice on the driver's console. Off unless set (the driver's value reaches workers).
+PRINT_PATCH = "0"
 
 
 def run_folder(cfg: TrainConfig) -> str:
@@ -210,6 +213,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     storage.remove_dead_scratch(TB_PREFIX)
     tb_dir = storage.scratch_folder(TB_PREFIX)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", PRINT_PATCH)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
