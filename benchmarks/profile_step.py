@@ -1,13 +1,19 @@
-"""Where a fast step's time goes on a GPU: torch.profiler over a few replayed steps, kernels by time.
+"""Where a fast step's time goes: torch.profiler over a few steps, and the optimizer update alone.
 
-    python benchmarks/profile_step.py --preset small [--steps 10]
+    python benchmarks/profile_step.py --preset small [--steps 10]                  # on a GPU
+    python benchmarks/profile_step.py --device cpu --preset small --batch 4 --steps 2
+    … --update pertensor                                                            # the update before
 
-Prints the number of kernels per step, the busy share of the GPU and the top kernels.
+On a GPU: kernels per step, kernel time per step and the top kernels (CUDA graphs off, so each
+kernel shows). On the CPU: the host-side operators per step, counted by name (what would be
+launches on a GPU: gradient accumulations, GEMMs, foreach ops). Both then time the update alone
+(clip, non-finite skip, Adam; `--update flat`, the default, or `pertensor`) on random gradients.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 import time
@@ -16,22 +22,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument(
+        "--update",
+        choices=("flat", "pertensor"),
+        default="flat",
+        help="flat buffers and a compiled update (the default) or the per-tensor foreach update",
+    )
+    ap.add_argument("--update-iters", type=int, default=10, help="updates timed after the first")
     a = ap.parse_args()
     import torch
     from bench_train import SEQ, SPECIAL, fast_setup  # benchmarks/ is on sys.path
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = a.device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     # graphs off: the profiler sees each kernel (a replayed graph shows as one launch)
-    cfg, fast, data, order = fast_setup(a.preset, "cuda", a.batch, a.steps + 20, graphs=False)
+    cfg, fast, data, order = fast_setup(
+        a.preset, a.device, a.batch, a.steps + 20, graphs=False, flat=a.update == "flat"
+    )
     slots = cfg.max_predictions(SEQ)
     t = time.perf_counter()
     fast.warm_up()
-    print(f"compile {time.perf_counter() - t:.0f} s", flush=True)
+    print(f"{a.preset} on {a.device}, {a.update} update: compile {time.perf_counter() - t:.0f} s", flush=True)
 
     def one(step):
         ids, types, att = data.batch(order[step * a.batch : (step + 1) * a.batch], SEQ, 3)
@@ -41,17 +59,54 @@ def main() -> None:
         fast.micro_step(ids, types, att, m, m.valid.sum().float(), att.sum().float(), seed=step)
         fast.step(1e-4)
 
-    for s in range(5):
+    for s in range(2 if not cuda else 5):
         one(s)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for s in range(a.steps):
             one(5 + s)
-        torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    busy = sum(getattr(e, "device_time", 0) or getattr(e, "cuda_time", 0) for e in events) / 1e3 / a.steps
-    print(f"{len(events) / a.steps:.0f} kernels per step, {busy:.2f} ms of kernel time per step")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top, max_name_column_width=70))
+        sync()
+    if cuda:
+        events = [e for e in prof.events() if e.device_type.name == "CUDA"]
+        busy = sum(getattr(e, "device_time", 0) or getattr(e, "cuda_time", 0) for e in events) / 1e3 / a.steps
+        print(f"{len(events) / a.steps:.0f} kernels per step, {busy:.2f} ms of kernel time per step")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top, max_name_column_width=70))
+    else:
+        counts = collections.Counter(e.name for e in prof.events())
+        ops = {k: v / a.steps for k, v in counts.items() if k.startswith("aten::")}
+        print(f"{sum(ops.values()):.0f} aten operators per step; by name:")
+        for name, n in sorted(ops.items(), key=lambda kv: -kv[1])[: a.top]:
+            print(f"  {n:7.0f}  {name}")
+        acc = counts.get("torch::autograd::AccumulateGrad", 0) / a.steps
+        print(f"  {acc:7.0f}  AccumulateGrad runs (autograd's per-tensor gradient accumulation)")
+        print(
+            f"  {ops.get('aten::_foreach_add_', 0):7.0f}  aten::_foreach_add_ (on the CPU it adds tensor by tensor)"
+        )
+
+    # the update alone, on random gradients (nothing is learned: the model is not used again)
+    for p in fast.model.parameters():
+        if p.grad is not None:
+            p.grad.normal_()
+    fast.lr.fill_(1e-4)
+    fast._step()
+    sync()
+    t = time.perf_counter()
+    for _ in range(a.update_iters):
+        for p in fast.model.parameters():
+            if p.grad is not None:
+                p.grad.normal_(mean=0.0, std=1e-3)
+        fast._step()
+    sync()
+    per = (time.perf_counter() - t) / a.update_iters
+    # the gradient refill is timed too: subtract it
+    t = time.perf_counter()
+    for _ in range(a.update_iters):
+        for p in fast.model.parameters():
+            if p.grad is not None:
+                p.grad.normal_(mean=0.0, std=1e-3)
+    sync()
+    refill = (time.perf_counter() - t) / a.update_iters
+    print(f"update alone ({a.update}): {(per - refill) * 1e3:.1f} ms per step")
 
 
 if __name__ == "__main__":
