@@ -300,7 +300,9 @@ def test_fast_step_trains_like_the_plain_step(prepared, tmp_path):
     plain step; only the random streams of dropout and Gumbel noise differ (the compiled step
     draws them from the global generator), so the losses agree closely, not bit for bit. On two
     workers (DDP, compiled) the fast step follows the one-worker fast run to float tolerance: the
-    noise is keyed by micro-batch, not by worker. The non-finite test hook goes through the skip."""
+    noise is keyed by micro-batch, not by worker. The non-finite test hook goes through the skip.
+    The one-worker fast run stops at its step-3 checkpoint and is started again: the resumed fast
+    step (flat buffers rebuilt from the checkpoint) must still follow the uninterrupted 2-worker run."""
     runs = str(tmp_path)
     kw = dict(
         max_steps=6, checkpoint_every=3, log_every=1, eval_every=6, inject_nonfinite=(4,), cpus_per_worker=1
@@ -311,7 +313,12 @@ def test_fast_step_trains_like_the_plain_step(prepared, tmp_path):
         ("fast", {"fast_step": "on"}),
         ("fast2", {"fast_step": "on", "num_workers_min": 2, "num_workers_max": 2}),
     ):
+        if name == "fast":  # the same run in two launches
+            first = pretrain(cfg(prepared, runs, name, **{**kw, "max_steps": 3}, **extra), **quiet)
+            assert [h["step"] for h in first["history"]] == [1, 2, 3]
         s = pretrain(cfg(prepared, runs, name, **kw, **extra), **quiet)
+        if name == "fast":
+            assert [h["step"] for h in s["history"]] == [4, 5, 6], "resumed from the step-3 checkpoint"
         hist[name] = [json.loads(ln) for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
     hp, hf, h2 = hist["plain"], hist["fast"], hist["fast2"]
     assert [h["step"] for h in hf] == [h["step"] for h in hp] == [h["step"] for h in h2] == [1, 2, 3, 4, 5, 6]
