@@ -47,8 +47,9 @@ def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
-    if not argv:
-        sys.exit(__doc__)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if argv else 2)
     before = snapshot()
     t0 = time.time()
     proc = subprocess.Popen(argv)
