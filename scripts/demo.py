@@ -17,6 +17,8 @@ sys.path.insert(0, ROOT)
 
 SAMPLE = os.path.join(ROOT, "data", "sample", "jawiki-sample-pages-articles")
 OUT = os.path.join(ROOT, "demo_output")
+# transformers' progress bars (writing and loading one small shard) only clutter the demo's output
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def run_job(script: str, *args: str) -> dict:
