@@ -241,21 +241,11 @@ class FastStep:
                 )
             dist.broadcast(self.flat[0], src=0)  # every rank starts from rank 0's weights, as with DDP
         self.bind_optimizer_state()
-        fwd = _forward
-        upd = _update
-        if compile:
-            fwd = torch.compile(_forward, dynamic=False)
-        if (
-            compile_update
-        ):  # slow to compile (minutes for ~400 tensors); a CUDA graph removes its launches anyway
-            upd = torch.compile(_update, dynamic=False)
-        self._fwd, self._upd = fwd, upd
-        # on four flat tensors the update compiles in seconds (on the CPU, for small: 33 ms a step
-        # instead of the per-tensor update's 83; benchmarks/bench_train.py --variants fast,pertensor)
-        upd_flat = _update_flat
-        if compile and self.flat is not None:
-            upd_flat = torch.compile(_update_flat, dynamic=False)
-        self._upd_flat = upd_flat
+        self._fwd = torch.compile(_forward, dynamic=False) if compile else _forward
+        if self.flat is not None:  # a reduction and one fused loop: compiles in seconds
+            self._upd = torch.compile(_update_flat, dynamic=False) if compile else _update_flat
+        else:  # slow to compile (minutes for ~400 tensors); a CUDA graph removes its launches anyway
+            self._upd = torch.compile(_update, dynamic=False) if compile_update else _update
         self._graph_fwd = self._graph_upd = None
         self._warm = False
 
@@ -350,12 +340,9 @@ class FastStep:
 
     def _step(self) -> None:
         hyper = (self.lr, self.enable, self.clip_norm, self.betas, self.eps)
-        if self.flat is not None:
-            norm, ok = self._upd_flat(self.flat, self.segments, *hyper)
-        else:
-            if self._graph_upd is None:  # eager/compiled: the gradients as they are now
-                self.groups = [(ps, [p.grad for p in ps], ms, vs, wd) for ps, _, ms, vs, wd in self.groups]
-            norm, ok = self._upd(self.groups, *hyper)
+        # the gradient tensors never change: ``_micro`` and the update write into them in place
+        tensors = (self.flat, self.segments) if self.flat is not None else (self.groups,)
+        norm, ok = self._upd(*tensors, *hyper)
         self.grad_norm.copy_(norm)
         self.bad.add_((~ok).double())
 

@@ -129,9 +129,8 @@ class MetricsLogger(UserCallback):
     # --- in the writer thread -------------------------------------------------------------------
 
     def _write_once(self) -> None:
-        if (
-            self._prior is None
-        ):  # a resumed run continues the files: rows from the resume step on are replaced
+        # a resumed run continues the files: rows from the resume step on are replaced
+        if self._prior is None:
             self._prior = (
                 [r for r in read_metrics(self.run) if r.get("step", 0) < self.first_step],
                 read_metrics(self.run, "events.jsonl"),
