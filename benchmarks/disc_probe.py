@@ -15,8 +15,9 @@ the non-special tokens replaced by a fixed rule:
   unigram    a token drawn from the corpus's unigram frequencies: the token alone says nothing,
              only its context does; close to what an ELECTRA generator produces early on
   repeat     the previous token, repeated: a purely positional rule
-  generator  sampled (T = 1) by a trained, frozen generator (an exported folder) where the
-             pretraining loop would sample: the real task, without the generator moving
+  generator  sampled by a trained, frozen generator (an exported folder) where the pretraining
+             loop would sample, at the preset's temperature (`--temperature`): the real task,
+             without the generator moving
 
 and prints, on held-out instances with fixed replacements, the discriminator's loss next to the
 entropy of the prior (the loss of always predicting the replaced share), its accuracy next to the
@@ -81,6 +82,12 @@ def main() -> None:
     )
     ap.add_argument("--preset", default="tiny")
     ap.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="for --task generator: sampling temperature (default: the preset's; 1 is the reference's)",
+    )
+    ap.add_argument(
         "--model",
         choices=("electra", "conv3"),
         default="electra",
@@ -142,6 +149,7 @@ def main() -> None:
         over["initializer_range"] = a.initializer_range
     over.update(parse_overrides(a.set))
     cfg = model_preset(a.preset, vocab_size=len(vocab), pad_token_id=pad, **over)
+    temperature = cfg.temperature if a.temperature is None else a.temperature
     torch.manual_seed(a.seed)
     disc = ElectraPretrainer(cfg).discriminator if a.model == "electra" else Conv3(cfg)
     opt = torch.optim.AdamW(disc.parameters(), lr=a.lr, weight_decay=0.01)
@@ -174,14 +182,12 @@ def main() -> None:
         replace = (torch.rand(ids.shape, generator=gen) < 0.15) & eligible
         if a.task == "repeat":
             other = torch.cat([ids[:, :1], ids[:, :-1]], 1)
-        elif (
-            a.task == "generator"
-        ):  # as in pretraining: 85% of the picked tokens shown as [MASK], sampled at T=1
+        elif a.task == "generator":  # as in pretraining: 85% of the picked tokens shown as [MASK]
             shown = torch.where(replace & (torch.rand(ids.shape, generator=gen) < 0.85), mask_id, ids)
             with torch.no_grad():
                 logits = sampler(input_ids=shown, attention_mask=att, token_type_ids=types).logits.float()
             u = torch.rand(logits.shape, generator=gen).clamp(1e-10, 1.0 - 1e-7)
-            other = (logits - torch.log(-torch.log(u))).argmax(-1)
+            other = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
         else:
             other = torch.multinomial(weights, ids.numel(), replacement=True, generator=gen).view(ids.shape)
         x = torch.where(replace, other, ids)
@@ -348,6 +354,7 @@ def main() -> None:
                 "steps": a.steps,
                 "batch": a.batch,
                 "lr": a.lr,
+                **({"temperature": temperature} if a.task == "generator" else {}),
                 **r,
                 **({"counts_" + key: val for key, val in counts.items()} if counts else {}),
             }

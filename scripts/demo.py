@@ -163,8 +163,9 @@ def show_heldout(m: dict, vocab_size: int) -> None:
         f"'original', replaced-token recall {m['eval_replaced_recall']:.3f}"
     )
     print(
-        "  (in a minute the generator learns which tokens are likely; the discriminator has only begun\n"
-        "   to learn which ones are out of place: see 'What the demo's tiny model learns' in README.md)"
+        "  (in a minute the generator learns which tokens are likely, and the discriminator starts to flag\n"
+        "   its samples, drawn at temperature 3 for this tiny model: see 'What the demo's tiny model\n"
+        "   learns' in README.md)"
     )
 
 

@@ -6,8 +6,9 @@
   ``check_tying`` verifies the sharing by storage, not by value.
 - The generator head runs on the masked slots only (gathered hidden states): full-vocabulary logits
   at every position would cost ~0.35 TFLOP and >1 GB per 128×128 step for nothing.
-- Replacements are sampled by Gumbel-max at temperature 1 in fp32 (fp16 noise gives NaN), without
-  gradient; a sampled token equal to the original counts as "original" for the discriminator.
+- Replacements are sampled by Gumbel-max at the preset's temperature (1, the reference's, for all
+  but ``tiny``) in fp32 (fp16 noise gives NaN), without gradient; a sampled token equal to the
+  original counts as "original" for the discriminator.
 - loss = generator MLM loss (masked slots) + disc_weight × discriminator BCE (all non-pad tokens).
 - ``attention_init="local"`` (the ``tiny`` preset) starts attention on nearby tokens; the model's
   architecture and exported files stay those of transformers' ELECTRA (``local_attention_init``).
