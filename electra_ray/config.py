@@ -374,6 +374,48 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
 
 
+FROM_TOKENIZER = ("vocab_size", "pad_token_id")
+
+
+def parse_model_set(items: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings (the --model-set flags) → typed preset overrides: each value read as
+    its ModelConfig field's type (int, float or str). Raises ConfigError naming the item."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, eq, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        _check(bool(eq) and bool(name), f"--model-set {item!r}: expected FIELD=VALUE, e.g. temperature=1")
+        _check(
+            name in fields, f"--model-set {item!r}: the model has no field {name!r}; fields: {sorted(fields)}"
+        )
+        _check(name not in FROM_TOKENIZER, f"--model-set {item!r}: {name} comes from the tokenizer")
+        kind = type(fields[name].default)
+        try:
+            out[name] = kind(text.strip())
+        except ValueError:
+            raise ConfigError(f"--model-set {item!r}: {name} takes {kind.__name__} values") from None
+    return out
+
+
+def check_model_set(preset: str, overrides: dict[str, Any]) -> None:
+    """Preset overrides must name ModelConfig fields the tokenizer does not set, and give a valid model."""
+    names = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    for name, value in overrides.items():
+        _check(name in names, f"model_set: the model has no field {name!r}; fields: {sorted(names)}")
+        _check(
+            name not in FROM_TOKENIZER,
+            f"model_set: {name} comes from the tokenizer's vocabulary, it cannot be set",
+        )
+        kind = type(names[name].default)
+        ok = isinstance(value, kind) or (
+            kind is float and isinstance(value, int) and not isinstance(value, bool)
+        )
+        _check(ok, f"model_set: {name} takes {kind.__name__} values, got {value!r}")
+    if preset in MODEL_PRESETS:
+        model_preset(preset, **overrides)  # the model's own checks (e.g. heads dividing the width)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(Config):
     """jobs/pretrain.py: instances → ELECTRA on Ray Train."""
@@ -392,6 +434,14 @@ class TrainConfig(Config):
         metadata={"help": "run name: the run folder is storage_path/name; the same name resumes"}
     )
     preset: str = field(default="small", metadata={"help": "model preset: small, small-samegen, base, tiny"})
+    model_set: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "model preset overrides FIELD=VALUE, e.g. temperature=1 or mask_prob=0.25 (not "
+            "vocab_size or pad_token_id: those come from the tokenizer); a run keeps them: a resume "
+            "with others is refused"
+        },
+    )
     num_workers_min: int = field(
         default=1, metadata={"help": "fewest training workers (elastic lower bound)"}
     )
@@ -483,6 +533,7 @@ class TrainConfig(Config):
             self.preset in MODEL_PRESETS,
             f"unknown preset {self.preset!r}; choose from {sorted(MODEL_PRESETS)}",
         )
+        check_model_set(self.preset, self.model_set)
         _check(
             1 <= self.num_workers_min <= self.num_workers_max,
             f"--num-workers must be N or MIN:MAX with 1 <= MIN <= MAX, got {self.num_workers_min}:{self.num_workers_max}",

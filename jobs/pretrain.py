@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from electra_ray import cli  # noqa: E402
-from electra_ray.config import MODEL_PRESETS, TrainConfig, help_of  # noqa: E402
+from electra_ray.config import MODEL_PRESETS, ConfigError, TrainConfig, help_of, parse_model_set  # noqa: E402
 
 
 def workers(text: str) -> tuple[int, int]:
@@ -39,6 +39,13 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--storage-path", required=True, help=h("storage_path"))
     p.add_argument("--name", required=True, help=h("name"))
     p.add_argument("--preset", default="small", choices=sorted(MODEL_PRESETS), help=h("preset"))
+    p.add_argument(
+        "--model-set",
+        action="append",
+        default=None,
+        metavar="FIELD=VALUE",
+        help=h("model_set") + " (repeatable)",
+    )
     p.add_argument("--num-workers", type=workers, default=(1, 1), help="N, or MIN:MAX for an elastic run")
     p.add_argument("--use-gpu", action="store_true", help=h("use_gpu"))
     p.add_argument("--fast-step", choices=("auto", "on", "off"), default="auto", help=h("fast_step"))
@@ -67,6 +74,10 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     ):
         p.add_argument("--" + flag.replace("_", "-"), type=typ, default=d[flag].default, help=h(flag))
     a = p.parse_args(argv)
+    try:
+        model_set = parse_model_set(a.model_set or [])
+    except ConfigError as e:
+        p.error(str(e))
     kw = {
         k: getattr(a, k)
         for k in (
@@ -101,7 +112,9 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "resize_check_s",
         )
     }
-    return TrainConfig(num_workers_min=a.num_workers[0], num_workers_max=a.num_workers[1], **kw)
+    return TrainConfig(
+        num_workers_min=a.num_workers[0], num_workers_max=a.num_workers[1], model_set=model_set, **kw
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -64,6 +64,20 @@ def cli_args(c: TrainConfig) -> list[str]:
     return args
 
 
+@pytest.fixture
+def job_module():
+    """Imports jobs/NAME.py as a module (the jobs are scripts, not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "jobs", f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
 def params(run: str, step: int) -> dict[str, torch.Tensor]:
     return load_model_state(os.path.join(run, f"step_{step:08d}"))
 
@@ -202,6 +216,9 @@ def test_resume_with_other_settings_refuses(prepared, tmp_path):
     pretrain(cfg(prepared, str(tmp_path), "r", max_steps=3), **quiet)
     with pytest.raises(Exception, match="batch_size: checkpoint 16, run 32"):
         pretrain(cfg(prepared, str(tmp_path), "r", batch_size=32), **quiet)
+    # a preset override reaches the model config, which the checkpoint keeps
+    with pytest.raises(Exception, match="temperature: checkpoint 3.0, run 1.0"):
+        pretrain(cfg(prepared, str(tmp_path), "r", model_set={"temperature": 1.0}), **quiet)
 
 
 def test_config_errors():
@@ -218,6 +235,38 @@ def test_config_errors():
         TrainConfig(data="d", tokenizer="t", storage_path="s", name="n", preset="huge")
     with pytest.raises(ConfigError, match="either --data"):
         TrainConfig(data="d", corpus="c", tokenizer="t", storage_path="s", name="n")
+    with pytest.raises(ConfigError, match="vocab_size comes from the tokenizer"):
+        TrainConfig(**base, model_set={"vocab_size": 100})
+    with pytest.raises(ConfigError, match="the model has no field 'heads'"):
+        TrainConfig(**base, model_set={"heads": 2})
+    with pytest.raises(ConfigError, match="width 256 is not divisible by 3 attention heads"):
+        TrainConfig(**base, model_set={"num_heads": 3})
+    with pytest.raises(ConfigError, match="temperature takes float values"):
+        TrainConfig(**base, model_set={"temperature": "hot"})
+
+
+def test_model_set_flags(job_module, capsys):
+    """--model-set FIELD=VALUE, repeatable: typed by the model field; bad ones are usage errors."""
+    pretrain_job = job_module("pretrain")
+    base = ["--data", "d", "--tokenizer", "t", "--storage-path", "s", "--name", "n", "--preset", "tiny"]
+    c = pretrain_job.parse_args(
+        base
+        + ["--model-set", "temperature=1", "--model-set", "gen-num-layers=1", "--model-set", "mask_prob=0.2"]
+    )
+    assert c.model_set == {"temperature": 1.0, "gen_num_layers": 1, "mask_prob": 0.2}
+    assert isinstance(c.model_set["temperature"], float) and isinstance(c.model_set["gen_num_layers"], int)
+    assert TrainConfig.from_dict(json.loads(c.to_json())) == c  # kept in train_config.json
+    assert pretrain_job.parse_args(base).model_set == {}
+    for bad, said in (
+        ("temperature", "expected FIELD=VALUE"),
+        ("gen_num_layers=1.5", "gen_num_layers takes int values"),
+        ("colour=red", "the model has no field 'colour'"),
+        ("pad_token_id=0", "pad_token_id comes from the tokenizer"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            pretrain_job.parse_args(base + ["--model-set", bad])
+        assert e.value.code == 2, bad
+        assert said in capsys.readouterr().err, bad
 
 
 def test_a_worker_group_that_cannot_be_placed(prepared, tmp_path, monkeypatch):
@@ -339,12 +388,8 @@ def test_fast_step_trains_like_the_plain_step(prepared, tmp_path):
 @pytest.mark.parametrize(
     "job", ["prepare_corpus", "train_tokenizer", "tokenize_corpus", "pretrain", "export"]
 )
-def test_job_help_shows_the_usage_and_the_defaults(job, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(job, os.path.join(ROOT, "jobs", f"{job}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_job_help_shows_the_usage_and_the_defaults(job, job_module, capsys):
+    mod = job_module(job)
     with pytest.raises(SystemExit) as e:
         mod.main(["--help"])
     assert e.value.code == 0

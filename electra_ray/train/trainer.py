@@ -33,14 +33,15 @@ def run_folder(cfg: TrainConfig) -> str:
 
 
 def model_config_for(cfg: TrainConfig, enc: JapaneseWordPieceTokenizer) -> tuple[ModelConfig, dict[str, int]]:
-    """The preset with the tokenizer's vocabulary size and special ids."""
+    """The preset (with --model-set's overrides) with the tokenizer's vocabulary size and special ids."""
     vocab_size = max(enc.vocab.values()) + 1
     special = {}
     for key, token in (("cls", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]"), ("mask", "[MASK]")):
         if token not in enc.vocab:
             raise ValueError(f"{cfg.tokenizer}/vocab.txt has no {token}")
         special[key] = enc.vocab[token]
-    return model_preset(cfg.preset, vocab_size=vocab_size, pad_token_id=special["pad"]), special
+    mcfg = model_preset(cfg.preset, **cfg.model_set, vocab_size=vocab_size, pad_token_id=special["pad"])
+    return mcfg, special
 
 
 def check_data(cfg: TrainConfig, arrays, vocab_size: int, vocab_sha256: str) -> int:
@@ -193,9 +194,10 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
         storage.join(run, "train_config.json"),
         {"train": cfg.to_dict(), "model": mcfg.to_dict(), "seq_len": seq_len},
     )
+    overrides = "".join(f", {k}={v}" for k, v in sorted(cfg.model_set.items()))
     log(
         f"{arrays.n} instances of ≤{seq_len} tokens ({arrays.n - cfg.eval_instances} for training); "
-        f"preset {cfg.preset}; global batch {cfg.batch_size}; run folder {run}"
+        f"preset {cfg.preset}{overrides}; global batch {cfg.batch_size}; run folder {run}"
     )
 
     data_ref = ray.put(arrays)
