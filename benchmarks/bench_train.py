@@ -9,6 +9,9 @@ implementation, on the CPU or a GPU; on the CPU also our loop under Ray Train (i
            and masked on the device from the token ids resident there, metrics summed on the device
 (pertensor) the fast step with the per-tensor foreach update it had before (~1,200 small kernels
            for small instead of a compiled loop over four flat tensors)
+(overlap)  the fast step with the generator's and the discriminator's halves compiled apart and, on
+           a GPU, the generator's backward on a second stream beside the discriminator's forward
+           and backward (FastStep(overlap=True); both halves' kernels are small for `small`)
 (compiled) the same without CUDA graphs (a diagnostic: what the graphs add)
 (plain)    the same model, masking, loss and optimizer run eagerly, batches built on the host
            (bf16 autocast on a GPU): the loop's step without --fast-step
@@ -103,7 +106,16 @@ def _model_and_optimizer(cfg, dev):
     return model, opt, sched
 
 
-def fast_setup(preset: str, device: str, batch: int, steps: int, *, graphs: bool = True, flat: bool = True):
+def fast_setup(
+    preset: str,
+    device: str,
+    batch: int,
+    steps: int,
+    *,
+    graphs: bool = True,
+    flat: bool = True,
+    overlap: bool = False,
+):
     """(cfg, FastStep, DeviceInstances, the epoch's order on the device) for ``steps`` steps."""
     import torch
 
@@ -125,6 +137,7 @@ def fast_setup(preset: str, device: str, batch: int, steps: int, *, graphs: bool
         clip_norm=1.0,
         graphs=graphs and device == "cuda",
         flat=flat,
+        overlap=overlap,
     )
     return cfg, fast, data, data.rows_of_epoch(0, lambda: epoch_order(arr.n, 0, 0))
 
@@ -188,13 +201,22 @@ def run_plain(preset: str, device: str, batch: int, steps: int, warmup: int) -> 
 
 
 def run_fast(
-    preset: str, device: str, batch: int, steps: int, warmup: int, graphs: bool = True, flat: bool = True
+    preset: str,
+    device: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    graphs: bool = True,
+    flat: bool = True,
+    overlap: bool = False,
 ) -> dict:
     import torch
 
     from electra_ray.train.optim import lr_factor
 
-    cfg, fast, data, order = fast_setup(preset, device, batch, steps + warmup, graphs=graphs, flat=flat)
+    cfg, fast, data, order = fast_setup(
+        preset, device, batch, steps + warmup, graphs=graphs, flat=flat, overlap=overlap
+    )
     slots = cfg.max_predictions(SEQ)
     compile_s = fast.warm_up()
     clock = _Clock(device)
@@ -235,6 +257,10 @@ def run_compiled(preset: str, device: str, batch: int, steps: int, warmup: int) 
 
 def run_pertensor(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
     return run_fast(preset, device, batch, steps, warmup, flat=False)
+
+
+def run_overlap(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
+    return run_fast(preset, device, batch, steps, warmup, overlap=True)
 
 
 def run_hf(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
@@ -400,6 +426,7 @@ class _CpuSampler:
 VARIANTS = {
     "fast": run_fast,
     "pertensor": run_pertensor,
+    "overlap": run_overlap,
     "compiled": run_compiled,
     "plain": run_plain,
     "hf": run_hf,
@@ -528,7 +555,7 @@ def main() -> None:
         )
         figures[preset] = res
     first = figures[presets[0]]
-    for v in ("fast", "pertensor", "compiled", "plain", "hf", "ray"):
+    for v in ("fast", "pertensor", "overlap", "compiled", "plain", "hf", "ray"):
         figures[f"{v}_steps_per_s"] = first.get(v, {}).get("steps_per_s")
     best = first.get("fast") or first.get("plain") or {}
     figures["preset"] = presets[0]

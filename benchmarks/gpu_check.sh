@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared run (issue 7): what the card is, the fast-step tests on CUDA, then
-# bench_train.py on small (plain, hf, fast, pertensor, compiled) and base (fast, plain, hf), and, when
+# bench_train.py on small (plain, hf, fast, overlap, pertensor, compiled) and base (fast, plain, hf), and, when
 # the wheels of Ray travel with it (benchmarks/gpu_wheels.py), pretraining under Ray Train
 # (benchmarks/gpu_ray_check.sh).
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
@@ -28,12 +28,12 @@ STAGES=" ${STAGES:-small base tests ray} "
 on() { [[ "$STAGES" == *" $1 "* ]]; }
 if on small; then
 stamp "bench small"
-timeout "${SMALL_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset small --variants plain,hf,fast,pertensor,compiled \
+timeout "${SMALL_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset small --variants plain,hf,fast,overlap,pertensor,compiled \
   --steps "${STEPS:-60}" --timeout 200 2>&1 | tee "$OUT/bench_small.log"
 fi
 if on base; then
 stamp "bench base"
-timeout "${BASE_S:-200}" $PY benchmarks/bench_train.py --device cuda --preset base --variants plain,hf,fast \
+timeout "${BASE_S:-200}" $PY benchmarks/bench_train.py --device cuda --preset base --variants plain,hf,fast,overlap \
   --steps "${STEPS:-30}" --timeout 150 2>&1 | tee "$OUT/bench_base.log"
 fi
 if on tests; then

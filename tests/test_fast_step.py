@@ -104,11 +104,12 @@ def _setup(device):
     return cfg, plain, fast, opts, batch, dens
 
 
-def fast_step(cfg, model, opt, device, flat):
+def fast_step(cfg, model, opt, device, flat, overlap=False):
     return FastStep(
         model,
         opt,
         flat=flat,
+        overlap=overlap,
         device=torch.device(device),
         micro=B,
         seq_len=L,
@@ -145,17 +146,29 @@ def fallback_random():
     ic.fallback_random = old
 
 
-@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize(
+    "flat,overlap",
+    [(False, False), (True, False), (True, True)],
+    ids=["pertensor", "flat", "flat-overlap"],
+)
 @pytest.mark.parametrize("device", DEVICES)
-def test_fast_step_matches_plain_step(device, flat, fallback_random):
+def test_fast_step_matches_plain_step(device, flat, overlap, fallback_random):
+    """overlap: the generator's and the discriminator's halves compiled apart (on CUDA the
+    generator's backward on a side stream, captured as a second branch of the graph)."""
     cfg, plain, fast, (opt_p, opt_f), batch, dens = _setup(device)
-    step = fast_step(cfg, fast, opt_f, device, flat)
+    step = fast_step(cfg, fast, opt_f, device, flat, overlap)
     before = [p.detach().clone() for p in fast.parameters()]
     step.warm_up()  # compiles (and captures) with the update disabled: nothing moves
     assert all(torch.equal(a, p) for a, p in zip(before, fast.parameters()))
     assert step.acc.abs().sum() == 0 and step.bad == 0
     gpu = device == "cuda"
-    assert step.state() == {"graphs": gpu, "compiled": True, "flat": flat, "all_reduce": False}
+    assert step.state() == {
+        "graphs": gpu,
+        "compiled": True,
+        "flat": flat,
+        "all_reduce": False,
+        "overlap": overlap,
+    }
     if flat:  # the parameters, gradients and moments are views of one buffer each
         p = next(fast.parameters())
         assert p.data_ptr() == step.flat[0].data_ptr() and p.grad.data_ptr() == step.flat[1].data_ptr()

@@ -96,6 +96,26 @@ class StepOutput:
         return torch.stack([getattr(self, n).double() for n in METRIC_NAMES])
 
 
+@dataclass
+class GeneratorOutput:
+    gen_loss: torch.Tensor
+    gen_loss_sum: torch.Tensor
+    n_masked: torch.Tensor
+    gen_correct: torch.Tensor
+    disc_input: torch.Tensor  # the sampled replacements in place (no gradient)
+    is_replaced: torch.Tensor
+
+
+@dataclass
+class DiscriminatorOutput:
+    disc_loss: torch.Tensor
+    disc_loss_sum: torch.Tensor
+    n_tokens: torch.Tensor
+    disc_correct: torch.Tensor
+    replaced: torch.Tensor
+    replaced_found: torch.Tensor
+
+
 class ElectraPretrainer(nn.Module):
     """Generator + discriminator sharing embeddings; ``forward`` computes the ELECTRA loss."""
 
@@ -148,6 +168,37 @@ class ElectraPretrainer(nn.Module):
         (real tokens), by default this batch's own counts. A distributed step passes the counts of
         the *global* batch, so micro-batches and workers add up to exactly the global-batch mean.
         """
+        g = self.generate(
+            input_ids, token_type_ids, attention_mask, masks, mask_id, generator, gen_denominator
+        )
+        d = self.discriminate(g.disc_input, g.is_replaced, token_type_ids, attention_mask, disc_denominator)
+        return StepOutput(
+            g.gen_loss + self.cfg.disc_weight * d.disc_loss,
+            g.gen_loss,
+            d.disc_loss,
+            g.gen_loss_sum,
+            d.disc_loss_sum,
+            g.gen_correct,
+            g.n_masked,
+            d.disc_correct,
+            d.n_tokens,
+            d.replaced,
+            d.replaced_found,
+        )
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        masks: Masks,
+        mask_id: int,
+        generator: torch.Generator | None = None,
+        gen_denominator: torch.Tensor | float | None = None,
+    ) -> GeneratorOutput:
+        """The generator's half of ``forward``: its loss on the masked slots and the sampled
+        discriminator input (no gradient flows from the samples: the halves' backward passes are
+        independent, which lets the fast step run them side by side)."""
         cfg = self.cfg
         gen_input = apply_masks(input_ids, masks, mask_id)
         hidden = self.generator.electra(
@@ -178,7 +229,19 @@ class ElectraPretrainer(nn.Module):
             disc_input.scatter_(1, masks.positions, sampled)
             is_replaced = (disc_input != input_ids) & attention_mask.bool()
             gen_correct = ((logits.argmax(-1) == labels) & valid).sum()
+        return GeneratorOutput(
+            gen_loss, gen_loss_sum.detach(), n_masked, gen_correct, disc_input, is_replaced
+        )
 
+    def discriminate(
+        self,
+        disc_input: torch.Tensor,
+        is_replaced: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        disc_denominator: torch.Tensor | float | None = None,
+    ) -> DiscriminatorOutput:
+        """The discriminator's half of ``forward``: its loss over the real tokens (unweighted)."""
         disc_logits = self.discriminator(
             input_ids=disc_input, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).logits  # (B, L)
@@ -187,24 +250,13 @@ class ElectraPretrainer(nn.Module):
         bce = F.binary_cross_entropy_with_logits(disc_logits.float(), is_replaced.float(), reduction="none")
         disc_loss_sum = (bce * real).sum()
         disc_loss = disc_loss_sum / (n_tokens.clamp(min=1) if disc_denominator is None else disc_denominator)
-        loss = gen_loss + cfg.disc_weight * disc_loss
         with torch.no_grad():
             pred = disc_logits > 0
             disc_correct = ((pred == is_replaced) & real).sum()
             replaced = is_replaced.sum()
             replaced_found = (pred & is_replaced).sum()
-        return StepOutput(
-            loss,
-            gen_loss,
-            disc_loss,
-            gen_loss_sum.detach(),
-            disc_loss_sum.detach(),
-            gen_correct,
-            n_masked,
-            disc_correct,
-            n_tokens,
-            replaced,
-            replaced_found,
+        return DiscriminatorOutput(
+            disc_loss, disc_loss_sum.detach(), n_tokens, disc_correct, replaced, replaced_found
         )
 
 

@@ -22,6 +22,9 @@ update) and differs only in how it runs:
   graph and replayed: a step is a few small copies and two replays. With several workers the
   model is not wrapped in DDP (its gradient hooks cannot be captured): ``step`` all-reduces the
   flat gradient buffer with one collective between the two replays;
+- ``overlap=True`` (an experiment, off by default; ``bench_train.py --variants overlap``) compiles
+  the generator's and the discriminator's halves apart and runs the generator's backward on a side
+  stream beside the discriminator's forward and backward (their backward passes share nothing);
 - the metric sums accumulate in a device buffer that the loop reads every ``log_every`` steps;
 - the token ids live on the device (``DeviceInstances``, the corpus as uint16 ≈ 1.5 GB for all of
   Japanese Wikipedia); a batch is gathered and masked there from a per-epoch permutation uploaded
@@ -130,6 +133,37 @@ def _forward(model, amp, mask_id, ids, types, att, positions, valid, show, gen_d
     return out.loss * loss_scale, out.metrics()
 
 
+def _forward_gen(model, amp, mask_id, ids, types, att, positions, valid, show, gen_den, loss_scale):
+    """The generator's half of ``_forward`` (``overlap``): its loss, the discriminator's input and the
+    generator's metric sums (gen_loss_sum, n_masked, gen_correct)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp else nullcontext():
+        g = model.generate(ids, types, att, Masks(positions, valid, show), mask_id, None, gen_den)
+    sums = torch.stack([g.gen_loss_sum.double(), g.n_masked.double(), g.gen_correct.double()])
+    return g.gen_loss * loss_scale, g.disc_input, g.is_replaced, sums
+
+
+def _forward_disc(model, amp, disc_input, is_replaced, types, att, disc_den, loss_scale):
+    """The discriminator's half of ``_forward``: disc_weight × its loss and its metric sums
+    (disc_loss_sum, n_tokens, disc_correct, replaced, replaced_found)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp else nullcontext():
+        d = model.discriminate(disc_input, is_replaced, types, att, disc_den)
+    sums = torch.stack(
+        [
+            d.disc_loss_sum.double(),
+            d.n_tokens.double(),
+            d.disc_correct.double(),
+            d.replaced.double(),
+            d.replaced_found.double(),
+        ]
+    )
+    return d.disc_loss * (model.cfg.disc_weight * loss_scale), sums
+
+
+# METRIC_NAMES order from the two halves' sums: gen (gen_loss_sum, n_masked, gen_correct) + disc
+# (disc_loss_sum, n_tokens, disc_correct, replaced, replaced_found)
+_HALVES_ORDER = (0, 1, 3, 4, 2, 5, 6, 7)
+
+
 @torch.no_grad()
 def _update(groups, lr, enable, clip_norm, betas, eps):
     """Clip by the global gradient norm, skip a non-finite step, Adam; zero the gradients."""
@@ -200,6 +234,7 @@ class FastStep:
         graphs: bool | None = None,
         flat: bool = True,
         world: int = 1,
+        overlap: bool = False,
     ) -> None:
         self.model, self.opt, self.device = model, opt, device
         self.world = world  # ranks whose flat gradients ``step`` all-reduces
@@ -242,6 +277,14 @@ class FastStep:
             dist.broadcast(self.flat[0], src=0)  # every rank starts from rank 0's weights, as with DDP
         self.bind_optimizer_state()
         self._fwd = torch.compile(_forward, dynamic=False) if compile else _forward
+        # overlap: the generator's and the discriminator's halves compiled apart, so that on CUDA the
+        # generator's backward runs on a side stream beside the discriminator's forward and backward
+        self.overlap = overlap
+        if overlap:
+            self._fwd_gen = torch.compile(_forward_gen, dynamic=False) if compile else _forward_gen
+            self._fwd_disc = torch.compile(_forward_disc, dynamic=False) if compile else _forward_disc
+        self._side = torch.cuda.Stream(device) if overlap and device.type == "cuda" else None
+        self._order = torch.tensor(_HALVES_ORDER, device=device)
         if self.flat is not None:  # a reduction and one fused loop: compiles in seconds
             self._upd = torch.compile(_update_flat, dynamic=False) if compile else _update_flat
         else:  # slow to compile (minutes for ~400 tensors); a CUDA graph removes its launches anyway
@@ -316,27 +359,67 @@ class FastStep:
 
     # ------------------------------------------------------------------------------ the pieces
     def _micro(self) -> None:
+        if self.overlap:
+            self._micro_overlapped()
+            return
         x = self.inputs
-        loss, metrics = self._fwd(
-            self.model,
-            self.amp,
-            self.mask_id,
-            x["ids"],
-            x["types"],
-            x["att"],
-            x["positions"],
-            x["valid"],
-            x["show"],
-            x["gen_den"],
-            x["disc_den"],
-            x["loss_scale"],
-        )
+        batch = [x[k] for k in ("ids", "types", "att", "positions", "valid", "show", "gen_den")]
+        loss, metrics = self._fwd(self.model, self.amp, self.mask_id, *batch, x["disc_den"], x["loss_scale"])
         # the gradients as new tensors, added to the accumulated ones with one foreach add (a few
         # kernels on CUDA), not by autograd's AccumulateGrad (one add kernel per parameter tensor)
         grads = torch.autograd.grad(loss, self._params, allow_unused=True)
         used = [(p.grad, g) for p, g in zip(self._params, grads) if g is not None]
         torch._foreach_add_([a for a, _ in used], [g for _, g in used])
         self.acc.add_(metrics)
+
+    def _micro_overlapped(self) -> None:
+        """``_micro`` in two halves. Their backward passes share no tensors (the discriminator's
+        input is sampled without gradient), so on CUDA the generator's half runs on a side stream:
+        its forward, then its backward beside the discriminator's forward and backward on the main
+        stream (autograd runs a backward op on its forward op's stream), joined before the gradients
+        are added. Inside a CUDA graph capture the two streams become two branches of the graph.
+        Both halves' gradients of the shared embeddings are added to the same accumulator."""
+        x = self.inputs
+        side = self._side
+        main = torch.cuda.current_stream() if side is not None else None
+        if side is not None:
+            side.wait_stream(main)  # the inputs were written on the main stream
+        with torch.cuda.stream(side) if side is not None else nullcontext():
+            batch = [x[k] for k in ("ids", "types", "att", "positions", "valid", "show", "gen_den")]
+            gen_loss, disc_input, is_replaced, gen_sums = self._fwd_gen(
+                self.model, self.amp, self.mask_id, *batch, x["loss_scale"]
+            )
+            if side is not None:
+                sampled = torch.cuda.Event()
+                sampled.record(side)
+            gen_grads = torch.autograd.grad(gen_loss, self._params, allow_unused=True)
+        if side is not None:
+            main.wait_event(sampled)
+            for t in (disc_input, is_replaced):
+                t.record_stream(main)
+        disc_loss, disc_sums = self._fwd_disc(
+            self.model,
+            self.amp,
+            disc_input,
+            is_replaced,
+            x["types"],
+            x["att"],
+            x["disc_den"],
+            x["loss_scale"],
+        )
+        disc_grads = torch.autograd.grad(disc_loss, self._params, allow_unused=True)
+        if side is not None:
+            main.wait_stream(side)
+            for t in (*(g for g in gen_grads if g is not None), gen_sums):
+                t.record_stream(main)
+        used = [
+            (p.grad, g)
+            for grads in (gen_grads, disc_grads)
+            for p, g in zip(self._params, grads)
+            if g is not None
+        ]
+        torch._foreach_add_([a for a, _ in used], [g for _, g in used])
+        self.acc.add_(torch.cat([gen_sums, disc_sums])[self._order])
 
     def _step(self) -> None:
         hyper = (self.lr, self.enable, self.clip_norm, self.betas, self.eps)
@@ -422,4 +505,5 @@ class FastStep:
             "compiled": self._fwd is not _forward,
             "flat": self.flat is not None,
             "all_reduce": self.world > 1,
+            "overlap": self.overlap,
         }
