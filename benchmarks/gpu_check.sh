@@ -5,14 +5,14 @@
 # (benchmarks/gpu_ray_check.sh).
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
 #   STAGES="small ray" … runs only those stages (of: small base tests ray; all by default). Their
-#   time limits (SMALL_S 300, BASE_S 200, TEST_S 120 s; the ray stage's RUN1_S 220 + RUN2_S 120 +
+#   time limits (SMALL_S 360, BASE_S 300, TEST_S 180 s; the ray stage's RUN1_S 220 + RUN2_S 120 +
 #   BENCH_S 120 + 60 s) add up to more than a session's 15 device minutes with the machine's start:
 #   pick.
 # With the device tool, prepared here first (`make demo && .venv/bin/python benchmarks/gpu_wheels.py`),
 # two calls on the same warm machine (Inductor's cache makes the second compile short):
 #   command "OUT=$OUT STAGES=ray bash benchmarks/gpu_check.sh", timeout_s 560,
 #     carry [".whl", "demo_output/instances", "demo_output/tokenizer"]
-#   command "OUT=$OUT STAGES='small tests' bash benchmarks/gpu_check.sh", timeout_s 500
+#   command "OUT=$OUT STAGES='small tests' bash benchmarks/gpu_check.sh", timeout_s 580
 # Logs go to $OUT; the last lines of each bench log are its JSON.
 set -u
 OUT=${OUT:-bench_output}
@@ -28,17 +28,17 @@ STAGES=" ${STAGES:-small base tests ray} "
 on() { [[ "$STAGES" == *" $1 "* ]]; }
 if on small; then
 stamp "bench small"
-timeout "${SMALL_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset small --variants plain,hf,fast,overlap,pertensor,compiled \
+timeout "${SMALL_S:-360}" $PY benchmarks/bench_train.py --device cuda --preset small --variants plain,hf,fast,overlap,pertensor,compiled \
   --steps "${STEPS:-60}" --timeout 200 2>&1 | tee "$OUT/bench_small.log"
 fi
 if on base; then
 stamp "bench base"
-timeout "${BASE_S:-200}" $PY benchmarks/bench_train.py --device cuda --preset base --variants plain,hf,fast,overlap \
+timeout "${BASE_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset base --variants plain,hf,fast,overlap \
   --steps "${STEPS:-30}" --timeout 150 2>&1 | tee "$OUT/bench_base.log"
 fi
 if on tests; then
 stamp "fast-step tests on CUDA"
-timeout "${TEST_S:-120}" $PY -m pytest -q --noconftest -p no:cacheprovider tests/test_fast_step.py 2>&1 | tee "$OUT/tests.log"
+timeout "${TEST_S:-180}" $PY -m pytest -q --noconftest -p no:cacheprovider tests/test_fast_step.py 2>&1 | tee "$OUT/tests.log"
 fi
 if on ray; then
   if ls "${WHL:-.whl}"/ray-*.whl >/dev/null 2>&1 || $PY -c "import ray" 2>/dev/null; then
