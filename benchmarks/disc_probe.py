@@ -44,8 +44,6 @@ from types import SimpleNamespace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from joint_probe import parse_overrides  # noqa: E402  (benchmarks/ is on sys.path when run)
-
 
 def Conv3(cfg):
     """Per-token logits from a token and its two neighbours only: embedding → width-3 convolution → MLP."""
@@ -129,7 +127,7 @@ def main() -> None:
 
     import torch
 
-    from electra_ray.config import model_preset
+    from electra_ray.config import model_preset, parse_model_set
     from electra_ray.model.electra import ElectraPretrainer
     from electra_ray.tokenization import JapaneseWordPieceTokenizer
     from electra_ray.train.data import build_batch, global_rows, load_instances, split_rows
@@ -147,7 +145,7 @@ def main() -> None:
     over = {} if a.dropout is None else {"dropout": a.dropout}
     if a.initializer_range is not None:
         over["initializer_range"] = a.initializer_range
-    over.update(parse_overrides(a.set))
+    over.update(parse_model_set(a.set))
     cfg = model_preset(a.preset, vocab_size=len(vocab), pad_token_id=pad, **over)
     temperature = cfg.temperature if a.temperature is None else a.temperature
     torch.manual_seed(a.seed)

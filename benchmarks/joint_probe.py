@@ -26,20 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """FIELD=VALUE pairs, each value read as an int, a float or else a string."""
-    over: dict = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        for kind in (int, float, str):
-            try:
-                over[key] = kind(value)
-                break
-            except ValueError:
-                pass
-    return over
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", default=os.path.join(ROOT, "demo_output", "instances"))
@@ -61,7 +47,7 @@ def main() -> None:
 
     import torch
 
-    from electra_ray.config import TrainConfig, model_preset
+    from electra_ray.config import TrainConfig, model_preset, parse_model_set
     from electra_ray.model.electra import ElectraPretrainer
     from electra_ray.model.masking import masked_batch, step_generator
     from electra_ray.tokenization import JapaneseWordPieceTokenizer
@@ -80,7 +66,7 @@ def main() -> None:
     special_ids = tuple(special.values())
     arrays = load_instances(a.instances)
     seq_len = int(max(arrays.offsets[1:] - arrays.offsets[:-1]))
-    cfg = model_preset(a.preset, vocab_size=len(vocab), pad_token_id=special["pad"], **parse_overrides(a.set))
+    cfg = model_preset(a.preset, vocab_size=len(vocab), pad_token_id=special["pad"], **parse_model_set(a.set))
     # the job's optimizer settings (betas, eps, weight decay) with this probe's schedule
     tcfg = TrainConfig(
         tokenizer=a.tokenizer,

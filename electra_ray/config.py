@@ -378,40 +378,34 @@ FROM_TOKENIZER = ("vocab_size", "pad_token_id")
 
 
 def parse_model_set(items: list[str]) -> dict[str, Any]:
-    """``FIELD=VALUE`` strings (the --model-set flags) → typed preset overrides: each value read as
-    its ModelConfig field's type (int, float or str). Raises ConfigError naming the item."""
-    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    """``FIELD=VALUE`` strings (--model-set, the probes' --set) → preset overrides, each value read
+    as its ModelConfig field's type (int, float or str) where it reads as one and left as written
+    otherwise: ``check_model_set`` (run by TrainConfig) says what is wrong with a field or value."""
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(ModelConfig)}
     out: dict[str, Any] = {}
     for item in items:
         name, eq, text = item.partition("=")
-        name = name.strip().replace("-", "_")
+        name, text = name.strip().replace("-", "_"), text.strip()
         _check(bool(eq) and bool(name), f"--model-set {item!r}: expected FIELD=VALUE, e.g. temperature=1")
-        _check(
-            name in fields, f"--model-set {item!r}: the model has no field {name!r}; fields: {sorted(fields)}"
-        )
-        _check(name not in FROM_TOKENIZER, f"--model-set {item!r}: {name} comes from the tokenizer")
-        kind = type(fields[name].default)
         try:
-            out[name] = kind(text.strip())
-        except ValueError:
-            raise ConfigError(f"--model-set {item!r}: {name} takes {kind.__name__} values") from None
+            out[name] = kinds[name](text)
+        except (KeyError, ValueError):
+            out[name] = text
     return out
 
 
 def check_model_set(preset: str, overrides: dict[str, Any]) -> None:
-    """Preset overrides must name ModelConfig fields the tokenizer does not set, and give a valid model."""
-    names = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    """Preset overrides must name ModelConfig fields the tokenizer does not set, with values of the
+    field's type, and give a valid model."""
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(ModelConfig)}
     for name, value in overrides.items():
-        _check(name in names, f"model_set: the model has no field {name!r}; fields: {sorted(names)}")
-        _check(
-            name not in FROM_TOKENIZER,
-            f"model_set: {name} comes from the tokenizer's vocabulary, it cannot be set",
-        )
-        kind = type(names[name].default)
+        _check(name in kinds, f"--model-set: the model has no field {name!r}; fields: {sorted(kinds)}")
+        _check(name not in FROM_TOKENIZER, f"--model-set: {name} comes from the tokenizer, it cannot be set")
+        kind = kinds[name]
         ok = isinstance(value, kind) or (
             kind is float and isinstance(value, int) and not isinstance(value, bool)
         )
-        _check(ok, f"model_set: {name} takes {kind.__name__} values, got {value!r}")
+        _check(ok, f"--model-set: {name} takes {kind.__name__} values, got {value!r}")
     if preset in MODEL_PRESETS:
         model_preset(preset, **overrides)  # the model's own checks (e.g. heads dividing the width)
 

@@ -93,7 +93,15 @@ class StepOutput:
 
     def metrics(self) -> torch.Tensor:
         """The metric sums as one float64 vector on the device (METRIC_NAMES order)."""
-        return torch.stack([getattr(self, n).double() for n in METRIC_NAMES])
+        return metric_sums(self)
+
+
+def metric_sums(out: StepOutput | GeneratorOutput | DiscriminatorOutput) -> torch.Tensor:
+    """METRIC_NAMES sums of a step's output as one float64 vector; of one half's output (the fast
+    step's ``overlap``), the other half's entries are 0, so the halves' vectors add up to the step's."""
+    ref = out.n_masked if hasattr(out, "n_masked") else out.n_tokens
+    zero = torch.zeros((), dtype=torch.float64, device=ref.device)
+    return torch.stack([getattr(out, n).double() if hasattr(out, n) else zero for n in METRIC_NAMES])
 
 
 @dataclass

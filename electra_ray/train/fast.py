@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from electra_ray.model.electra import METRIC_NAMES
+from electra_ray.model.electra import METRIC_NAMES, metric_sums
 from electra_ray.model.masking import Masks, draw_masks, step_generator
 from electra_ray.train.data import InstanceArrays
 from electra_ray.train.optim import adam_update
@@ -134,34 +134,23 @@ def _forward(model, amp, mask_id, ids, types, att, positions, valid, show, gen_d
 
 
 def _forward_gen(model, amp, mask_id, ids, types, att, positions, valid, show, gen_den, loss_scale):
-    """The generator's half of ``_forward`` (``overlap``): its loss, the discriminator's input and the
-    generator's metric sums (gen_loss_sum, n_masked, gen_correct)."""
+    """The generator's half of ``_forward`` (``overlap``): its loss, the discriminator's input and
+    the generator's metric sums (the discriminator's entries 0)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp else nullcontext():
         g = model.generate(ids, types, att, Masks(positions, valid, show), mask_id, None, gen_den)
-    sums = torch.stack([g.gen_loss_sum.double(), g.n_masked.double(), g.gen_correct.double()])
-    return g.gen_loss * loss_scale, g.disc_input, g.is_replaced, sums
+    return g.gen_loss * loss_scale, g.disc_input, g.is_replaced, metric_sums(g)
 
 
 def _forward_disc(model, amp, disc_input, is_replaced, types, att, disc_den, loss_scale):
-    """The discriminator's half of ``_forward``: disc_weight × its loss and its metric sums
-    (disc_loss_sum, n_tokens, disc_correct, replaced, replaced_found)."""
+    """The discriminator's half of ``_forward``: disc_weight × its loss and its metric sums (the
+    generator's entries 0)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp else nullcontext():
         d = model.discriminate(disc_input, is_replaced, types, att, disc_den)
-    sums = torch.stack(
-        [
-            d.disc_loss_sum.double(),
-            d.n_tokens.double(),
-            d.disc_correct.double(),
-            d.replaced.double(),
-            d.replaced_found.double(),
-        ]
-    )
-    return d.disc_loss * (model.cfg.disc_weight * loss_scale), sums
+    return d.disc_loss * (model.cfg.disc_weight * loss_scale), metric_sums(d)
 
 
-# METRIC_NAMES order from the two halves' sums: gen (gen_loss_sum, n_masked, gen_correct) + disc
-# (disc_loss_sum, n_tokens, disc_correct, replaced, replaced_found)
-_HALVES_ORDER = (0, 1, 3, 4, 2, 5, 6, 7)
+# the static inputs the generator's half (and the whole forward) reads first, in argument order
+_GEN_INPUTS = ("ids", "types", "att", "positions", "valid", "show", "gen_den")
 
 
 @torch.no_grad()
@@ -284,7 +273,6 @@ class FastStep:
             self._fwd_gen = torch.compile(_forward_gen, dynamic=False) if compile else _forward_gen
             self._fwd_disc = torch.compile(_forward_disc, dynamic=False) if compile else _forward_disc
         self._side = torch.cuda.Stream(device) if overlap and device.type == "cuda" else None
-        self._order = torch.tensor(_HALVES_ORDER, device=device)
         if self.flat is not None:  # a reduction and one fused loop: compiles in seconds
             self._upd = torch.compile(_update_flat, dynamic=False) if compile else _update_flat
         else:  # slow to compile (minutes for ~400 tensors); a CUDA graph removes its launches anyway
@@ -363,14 +351,17 @@ class FastStep:
             self._micro_overlapped()
             return
         x = self.inputs
-        batch = [x[k] for k in ("ids", "types", "att", "positions", "valid", "show", "gen_den")]
+        batch = [x[k] for k in _GEN_INPUTS]
         loss, metrics = self._fwd(self.model, self.amp, self.mask_id, *batch, x["disc_den"], x["loss_scale"])
-        # the gradients as new tensors, added to the accumulated ones with one foreach add (a few
-        # kernels on CUDA), not by autograd's AccumulateGrad (one add kernel per parameter tensor)
-        grads = torch.autograd.grad(loss, self._params, allow_unused=True)
-        used = [(p.grad, g) for p, g in zip(self._params, grads) if g is not None]
-        torch._foreach_add_([a for a, _ in used], [g for _, g in used])
+        self._add_grads(torch.autograd.grad(loss, self._params, allow_unused=True))
         self.acc.add_(metrics)
+
+    def _add_grads(self, *grad_lists) -> None:
+        """Adds the gradients (``torch.autograd.grad``'s tuples over ``_params``) to the accumulated
+        ones with one foreach add (a few kernels on CUDA), not autograd's AccumulateGrad (one add
+        kernel per parameter tensor)."""
+        used = [(p.grad, g) for grads in grad_lists for p, g in zip(self._params, grads) if g is not None]
+        torch._foreach_add_([a for a, _ in used], [g for _, g in used])
 
     def _micro_overlapped(self) -> None:
         """``_micro`` in two halves. Their backward passes share no tensors (the discriminator's
@@ -385,7 +376,7 @@ class FastStep:
         if side is not None:
             side.wait_stream(main)  # the inputs were written on the main stream
         with torch.cuda.stream(side) if side is not None else nullcontext():
-            batch = [x[k] for k in ("ids", "types", "att", "positions", "valid", "show", "gen_den")]
+            batch = [x[k] for k in _GEN_INPUTS]
             gen_loss, disc_input, is_replaced, gen_sums = self._fwd_gen(
                 self.model, self.amp, self.mask_id, *batch, x["loss_scale"]
             )
@@ -412,14 +403,8 @@ class FastStep:
             main.wait_stream(side)
             for t in (*(g for g in gen_grads if g is not None), gen_sums):
                 t.record_stream(main)
-        used = [
-            (p.grad, g)
-            for grads in (gen_grads, disc_grads)
-            for p, g in zip(self._params, grads)
-            if g is not None
-        ]
-        torch._foreach_add_([a for a, _ in used], [g for _, g in used])
-        self.acc.add_(torch.cat([gen_sums, disc_sums])[self._order])
+        self._add_grads(gen_grads, disc_grads)
+        self.acc.add_(gen_sums + disc_sums)
 
     def _step(self) -> None:
         hyper = (self.lr, self.enable, self.clip_norm, self.betas, self.eps)
