@@ -512,6 +512,14 @@ class TrainConfig(Config):
             "batches built on the device; docs/performance.md); auto = on with GPUs, off on CPUs"
         },
     )
+    allreduce_bucket_mb: float = field(
+        default=25.0,
+        metadata={
+            "help": "fast step on several workers: the gradients are summed in buckets of this many MiB, "
+            "each launched during the backward pass as soon as its gradients are complete "
+            "(0: one all-reduce after the backward pass)"
+        },
+    )
     inject_nonfinite: tuple[int, ...] = field(
         default=(), metadata={"help": "fault injection for tests: data batches whose loss is made NaN"}
     )
@@ -553,6 +561,10 @@ class TrainConfig(Config):
         _check(self.max_rollbacks >= 0, "max_rollbacks must be >= 0")
         _check(self.upload_retry_s >= 0, "upload_retry_s must be >= 0")
         _check(self.resize_check_s >= 0, "resize_check_s must be >= 0")
+        _check(
+            self.allreduce_bucket_mb >= 0,
+            f"--allreduce-bucket-mb must be >= 0, got {self.allreduce_bucket_mb}",
+        )
         _check(
             self.fast_step in ("auto", "on", "off"),
             f"--fast-step must be auto, on or off, not {self.fast_step!r}",

@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         ("max_rollbacks", int),
         ("upload_retry_s", float),
         ("resize_check_s", float),
+        ("allreduce_bucket_mb", float),
     ):
         p.add_argument("--" + flag.replace("_", "-"), type=typ, default=d[flag].default, help=h(flag))
     a = p.parse_args(argv)
@@ -88,6 +89,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "preset",
             "use_gpu",
             "fast_step",
+            "allreduce_bucket_mb",
             "max_steps",
             "total_steps",
             "batch_size",

@@ -352,8 +352,8 @@ def test_fast_step_trains_like_the_plain_step(prepared, tmp_path):
     """--fast-step on, compiled on the CPU, in the real loop: same data, masks and schedule as the
     plain step; only the random streams of dropout and Gumbel noise differ (the compiled step
     draws them from the global generator), so the losses agree closely, not bit for bit. On two
-    workers (DDP, compiled) the fast step follows the one-worker fast run to float tolerance: the
-    noise is keyed by micro-batch, not by worker. The non-finite test hook goes through the skip.
+    workers (the flat gradient all-reduced during the backward pass) the fast step follows the
+    one-worker fast run to float tolerance: the noise is keyed by micro-batch, not by worker. The non-finite test hook goes through the skip.
     The one-worker fast run stops at its step-3 checkpoint and is started again: the resumed fast
     step (flat buffers rebuilt from the checkpoint) must still follow the uninterrupted 2-worker run."""
     runs = str(tmp_path)
@@ -364,7 +364,12 @@ def test_fast_step_trains_like_the_plain_step(prepared, tmp_path):
     for name, extra in (
         ("plain", {}),
         ("fast", {"fast_step": "on"}),
-        ("fast2", {"fast_step": "on", "num_workers_min": 2, "num_workers_max": 2}),
+        # one bucket: the compiled graph is the one-worker run's (compiled once; the graph cut into
+        # pieces along several buckets is tested in test_fast_step.py)
+        (
+            "fast2",
+            {"fast_step": "on", "num_workers_min": 2, "num_workers_max": 2, "allreduce_bucket_mb": 1e3},
+        ),
     ):
         if name == "fast":  # the same run in two launches
             first = pretrain(cfg(prepared, runs, name, **{**kw, "max_steps": 3}, **extra), **quiet)

@@ -19,9 +19,17 @@ update) and differs only in how it runs:
 - shapes never depend on the data: a fixed number of masked slots per sequence
   (``model.masking``), fixed micro-batch shapes, so one compilation serves the whole run;
 - on CUDA, the forward+backward of a micro-batch and the update are each captured once in a CUDA
-  graph and replayed: a step is a few small copies and two replays. With several workers the
-  model is not wrapped in DDP (its gradient hooks cannot be captured): ``step`` all-reduces the
-  flat gradient buffer with one collective between the two replays;
+  graph and replayed: a step is a few small copies and two replays;
+- with several workers the model is not wrapped in DDP: the fast step keeps its own flat gradient
+  buffer, cut into contiguous buckets of about ``bucket_mb`` in the order the backward pass
+  produces their gradients (the forward graph is compiled in pieces along the same cuts, so each
+  piece's backward is its own kernel sequence and the gradients arrive piece by piece). During the
+  step's last micro-batch a gradient hook launches each bucket's all-reduce (asynchronous, on the
+  collective's own stream) as soon as its gradients are complete, so communication overlaps the
+  rest of the backward pass, as DDP's buckets do; the micro-step ends by waiting for them. On
+  CUDA the collectives are captured in the graph with the kernels around them (NCCL allows it).
+  ``bucket_mb=0`` instead all-reduces the whole flat gradient with one collective between the two
+  replays (no overlap);
 - ``overlap=True`` (an experiment, off by default; ``bench_train.py --variants overlap``) compiles
   the generator's and the discriminator's halves apart and runs the generator's backward on a side
   stream beside the discriminator's forward and backward (their backward passes share nothing);
@@ -153,6 +161,22 @@ def _forward_disc(model, amp, disc_input, is_replaced, types, att, disc_den, los
 _GEN_INPUTS = ("ids", "types", "att", "positions", "valid", "show", "gen_den")
 
 
+def compile_in_pieces(fn: Callable, piece_bytes: int) -> tuple[Callable, bool]:
+    """``torch.compile(fn)`` with its graph cut into pieces of about ``piece_bytes`` of parameters,
+    counted backwards from the output (the order in which the backward pass finishes them), each
+    piece compiled by Inductor with its own backward: the gradients of a piece's parameters exist
+    as soon as its backward has run, not at the end of the whole backward pass. This is what
+    Dynamo does for a compiled DDP model (its ``DDPOptimizer``, used here without DDP). Returns
+    (the compiled function, whether it is cut): an unknown torch that lacks it compiles whole."""
+    try:
+        from torch._dynamo.backends.distributed import DDPOptimizer
+        from torch._dynamo.backends.registry import lookup_backend
+    except ImportError:  # pragma: no cover - torch without it
+        return torch.compile(fn, dynamic=False), False
+    cutter = DDPOptimizer(piece_bytes, lookup_backend("inductor"), first_bucket_cap=piece_bytes)
+    return torch.compile(fn, dynamic=False, backend=cutter.compile_fn), True
+
+
 @torch.no_grad()
 def _update(groups, lr, enable, clip_norm, betas, eps):
     """Clip by the global gradient norm, skip a non-finite step, Adam; zero the gradients."""
@@ -193,12 +217,16 @@ def _update_flat(flat, segments, lr, enable, clip_norm, betas, eps):
 class FastStep:
     """One optimizer step over a worker's micro-batches, compiled (and graph-captured on CUDA).
 
-    ``model`` is the bare model (never DDP-wrapped: DDP's gradient hooks cannot be captured) whose
-    parameters ``opt`` updates. With ``world`` > 1 ranks the parameters are made flat, rank 0's
-    weights are broadcast, and ``step`` all-reduces (sums) the flat gradient with one collective,
-    outside the captured graphs, so the graphs work on several GPUs too; each rank's loss is already
-    normalized by the global batch's counts. ``acc`` holds the metric sums since the last ``acc.zero_()``,
-    ``bad`` the number of skipped (non-finite) steps, ``grad_norm`` the last step's gradient norm.
+    ``model`` is the bare model (never DDP-wrapped) whose parameters ``opt`` updates. With ``world``
+    > 1 ranks (or ``all_reduce=True``) the parameters are made flat, rank 0's weights are broadcast,
+    and the flat gradient is summed over the ranks: in buckets of ``bucket_mb`` launched during the
+    backward pass of the step's last micro-batch (the ``accum``-th ``micro_step`` call since the
+    last ``step``), or, with ``bucket_mb=0`` or ``overlap``, with one collective in ``step``
+    outside the captured graphs. Each rank's loss is already normalized by the global batch's
+    counts. ``acc`` holds the metric sums since the last ``acc.zero_()``, ``bad`` the number of
+    skipped (non-finite) steps, ``grad_norm`` the last step's gradient norm; ``launched`` lists, for
+    the last all-reduced micro-batch, how many parameters' gradients had arrived when each bucket's
+    all-reduce was launched (all of them: no overlap).
 
     ``flat`` (the default; required with ``world`` > 1) moves the parameters, gradients and Adam
     moments into one buffer each (the parameters become views of it, in the optimizer's group
@@ -224,10 +252,19 @@ class FastStep:
         flat: bool = True,
         world: int = 1,
         overlap: bool = False,
+        all_reduce: bool | None = None,
+        bucket_mb: float = 25.0,
+        accum: int = 1,
     ) -> None:
         self.model, self.opt, self.device = model, opt, device
-        self.world = world  # ranks whose flat gradients ``step`` all-reduces
-        flat = flat or world > 1
+        self.world = world
+        # sum the gradients over the ranks of the default process group (a test may ask for it on one)
+        self.all_reduce = world > 1 if all_reduce is None else all_reduce
+        flat = flat or self.all_reduce
+        if accum < 1 or bucket_mb < 0:
+            raise ValueError(f"accum must be >= 1 and bucket_mb >= 0, got {accum} and {bucket_mb}")
+        self.accum = accum
+        self._k = 0  # micro-steps since the last step
         self.amp = bf16_autocast(device)
         self.mask_id, self.clip_norm = mask_id, clip_norm
         self.graphs = device.type == "cuda" if graphs is None else graphs
@@ -255,9 +292,10 @@ class FastStep:
                 p.grad = torch.zeros_like(p)
         self.flat: tuple[torch.Tensor, ...] | None = None
         self.segments: list[tuple[int, int, float]] = []
+        self._offset: dict[int, int] = {}  # a parameter's start in the flat buffers
         if flat:
             self._flatten()
-        if self.world > 1:
+        if self.all_reduce:
             if self.flat is None:
                 raise ValueError(
                     "the fast step on several workers keeps parameters in one flat buffer: they must "
@@ -265,7 +303,17 @@ class FastStep:
                 )
             dist.broadcast(self.flat[0], src=0)  # every rank starts from rank 0's weights, as with DDP
         self.bind_optimizer_state()
-        self._fwd = torch.compile(_forward, dynamic=False) if compile else _forward
+        # buckets of the flat gradient all-reduced during the backward pass (not beside ``overlap``,
+        # whose two backward passes would each deliver a part of the shared embeddings' gradient)
+        self.buckets: list[tuple[int, int]] = []
+        self.launched: list[int] = []
+        self.cut = False  # the compiled forward is cut into pieces along the buckets
+        if self.all_reduce and bucket_mb > 0 and not overlap:
+            self._make_buckets(int(bucket_mb * 2**20))
+        if compile and self.buckets:
+            self._fwd, self.cut = compile_in_pieces(_forward, int(bucket_mb * 2**20))
+        else:
+            self._fwd = torch.compile(_forward, dynamic=False) if compile else _forward
         # overlap: the generator's and the discriminator's halves compiled apart, so that on CUDA the
         # generator's backward runs on a side stream beside the discriminator's forward and backward
         self.overlap = overlap
@@ -277,12 +325,16 @@ class FastStep:
             self._upd = torch.compile(_update_flat, dynamic=False) if compile else _update_flat
         else:  # slow to compile (minutes for ~400 tensors); a CUDA graph removes its launches anyway
             self._upd = torch.compile(_update, dynamic=False) if compile_update else _update
-        self._graph_fwd = self._graph_upd = None
+        self._graph_upd: torch.cuda.CUDAGraph | None = None
+        self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # by "all-reduces its gradients"
         self._warm = False
 
     def _flatten(self) -> None:
-        """Parameters, gradients and moments as views of four flat buffers."""
-        groups = [[p for p in g["params"] if p.requires_grad] for g in self.opt.param_groups]
+        """Parameters, gradients and moments as views of four flat buffers. Within each optimizer
+        group the parameters are laid out backwards (the model's last layers first), the order in
+        which the backward pass produces their gradients, so that a bucket (a contiguous range)
+        fills early."""
+        groups = [[p for p in g["params"] if p.requires_grad][::-1] for g in self.opt.param_groups]
         params = [p for g in groups for p in g]
         if len({(p.dtype, p.device) for p in params}) != 1:
             return  # mixed dtypes or devices: keep the per-tensor update
@@ -304,9 +356,67 @@ class FastStep:
                     if k in st:
                         view.copy_(st[k])
                     st[k] = view
+                self._offset[id(p)] = off
                 off += n
             self.segments.append((start, off, group["weight_decay"]))
         self.flat = flat
+
+    def _make_buckets(self, cap: int) -> None:
+        """Cut the flat gradient into contiguous buckets of whole tensors, about ``cap`` bytes each,
+        and hook every parameter: its gradient is added to the accumulated one when its bucket is
+        complete, and in the last micro-batch the bucket's all-reduce is launched then."""
+        assert self.flat is not None
+        size = self.flat[1].element_size()
+        order = sorted(self._params, key=lambda p: self._offset[id(p)])
+        self._bucket_of: dict[int, int] = {}
+        start = off = 0
+        for p in order:
+            self._bucket_of[id(p)] = len(self.buckets)
+            off = self._offset[id(p)] + p.numel()
+            if (off - start) * size >= cap:
+                self.buckets.append((start, off))
+                start = off
+        if off > start:
+            self.buckets.append((start, off))
+        self._expected = [0] * len(self.buckets)  # gradients a bucket waits for
+        for p in order:
+            self._expected[self._bucket_of[id(p)]] += 1
+        self._pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.buckets]
+        self._next = 0  # buckets are flushed (and launched) in index order: the same on every rank
+        self._works: list[Any] = []
+        self._reduce = self._collect = False
+        self._seen = 0
+        self._unused: set[int] = set()
+        self._hooks = [p.register_hook(self._hook(p)) for p in order]
+
+    def _hook(self, p: torch.nn.Parameter) -> Callable[[torch.Tensor], None]:
+        bucket = self._bucket_of[id(p)]
+
+        def arrived(grad: torch.Tensor) -> None:
+            if not self._collect:  # a backward pass outside the fast step's micro-steps
+                return None
+            self._seen += 1
+            self._pending[bucket].append((p.grad, grad))
+            while self._next < len(self.buckets) and (
+                len(self._pending[self._next]) == self._expected[self._next]
+            ):
+                self._flush(self._next)
+            return None
+
+        return arrived
+
+    def _flush(self, b: int) -> None:
+        """Add bucket ``b``'s gradients to the accumulated ones; in the last micro-batch, launch its
+        all-reduce (asynchronous: the backward pass goes on)."""
+        pending = self._pending[b]
+        if pending:
+            torch._foreach_add_([a for a, _ in pending], [g for _, g in pending])
+            pending.clear()
+        if self._reduce:
+            start, end = self.buckets[b]
+            self._works.append(dist.all_reduce(self.flat[1][start:end], async_op=True))
+            self.launched.append(self._seen)
+        self._next = b + 1
 
     def bind_optimizer_state(self) -> None:
         """(Re)build the update's argument lists from the optimizer; call after loading its state
@@ -346,14 +456,34 @@ class FastStep:
         self.betas, self.eps = tuple(first["betas"]), first["eps"]
 
     # ------------------------------------------------------------------------------ the pieces
-    def _micro(self) -> None:
+    def _micro(self, reduce: bool = False) -> None:
+        """One micro-batch's forward and backward; ``reduce``: the step's last micro-batch, whose
+        gradients are then summed over the ranks (by buckets during the backward pass)."""
         if self.overlap:
             self._micro_overlapped()
             return
         x = self.inputs
         batch = [x[k] for k in _GEN_INPUTS]
         loss, metrics = self._fwd(self.model, self.amp, self.mask_id, *batch, x["disc_den"], x["loss_scale"])
-        self._add_grads(torch.autograd.grad(loss, self._params, allow_unused=True))
+        if not self.buckets:
+            self._add_grads(torch.autograd.grad(loss, self._params, allow_unused=True))
+        else:
+            self._next, self._seen, self._reduce, self._collect = 0, 0, reduce, True
+            if reduce:
+                self.launched = []
+            try:
+                grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+            finally:
+                self._collect = False
+            for p, g in zip(self._params, grads):
+                if g is None and id(p) not in self._unused:  # its hook never runs: stop waiting for it
+                    self._unused.add(id(p))
+                    self._expected[self._bucket_of[id(p)]] -= 1
+            while self._next < len(self.buckets):  # complete but behind an unused parameter's bucket
+                self._flush(self._next)
+            for work in self._works:  # the current stream waits for the collectives (captured on CUDA)
+                work.wait()
+            self._works.clear()
         self.acc.add_(metrics)
 
     def _add_grads(self, *grad_lists) -> None:
@@ -420,16 +550,23 @@ class FastStep:
         t = time.perf_counter()
         self.enable.fill_(False)
         stream = torch.cuda.Stream() if self.graphs else None
+        # with buckets: the micro-batch that all-reduces and, when a step has several, the other kind
+        kinds = (([False] if self.accum > 1 else []) + [True]) if self.buckets else [False]
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for _ in range(iters):
-                self._micro()
+                for reduce in kinds:  # the collectives run once before a capture (NCCL requires it)
+                    self._micro(reduce)
                 self._step()
         if stream is not None:
             torch.cuda.current_stream().wait_stream(stream)
-            self._graph_fwd, self._graph_upd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph_fwd):
-                self._micro()
-            with torch.cuda.graph(self._graph_upd, pool=self._graph_fwd.pool()):
+            pool = None
+            for reduce in kinds:
+                graph = self._graphs[reduce] = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._micro(reduce)
+                pool = graph.pool()
+            self._graph_upd = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph_upd, pool=pool):
                 self._step()
             torch.cuda.synchronize()
         self.enable.fill_(True)
@@ -467,16 +604,26 @@ class FastStep:
         x["gen_den"].copy_(gen_den, non_blocking=True)
         x["disc_den"].copy_(disc_den, non_blocking=True)
         x["loss_scale"].fill_(scale)
+        self._k += 1
+        if self.buckets and self._k > self.accum:
+            raise RuntimeError(f"micro-step {self._k} of a step set up for {self.accum} (FastStep(accum=…))")
+        reduce = bool(self.buckets) and self._k == self.accum  # all-reduces during its backward pass
         torch.manual_seed(seed)  # dropout and Gumbel noise (a graph replay reads the generator's state)
-        if self._graph_fwd is not None:
-            self._graph_fwd.replay()
+        if self._graphs:
+            self._graphs[reduce].replay()
         else:
-            self._micro()
+            self._micro(reduce)
 
     def step(self, lr: float) -> None:
         """Clip, skip if non-finite, update with learning rate ``lr``, zero the gradients."""
+        k, self._k = self._k, 0
+        if self.buckets and k != self.accum:
+            raise RuntimeError(
+                f"step after {k} micro-steps, but the gradients are all-reduced during micro-step "
+                f"{self.accum} of each step (FastStep(accum=…)): they are not summed over the ranks"
+            )
         self.lr.fill_(lr)
-        if self.world > 1:  # the global gradient, between the two graphs (NCCL, or gloo on CPUs)
+        if self.all_reduce and not self.buckets:  # one collective between the two graphs
             assert self.flat is not None
             dist.all_reduce(self.flat[1])
         if self._graph_upd is not None:
@@ -486,9 +633,11 @@ class FastStep:
 
     def state(self) -> dict[str, Any]:
         return {
-            "graphs": self._graph_fwd is not None,
+            "graphs": bool(self._graphs),
             "compiled": self._fwd is not _forward,
             "flat": self.flat is not None,
-            "all_reduce": self.world > 1,
+            "all_reduce": self.all_reduce,
+            "buckets": len(self.buckets),  # 0: one all-reduce after the backward pass
+            "cut": self.cut,
             "overlap": self.overlap,
         }

@@ -181,7 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model.check_tying()
     fast_on = fast_step_enabled(tcfg.fast_step, device)
     # moves to the device; DDP when world > 1, except for the fast step, which all-reduces its flat
-    # gradient buffer itself so that its CUDA graphs work on several GPUs (DDP's hooks can't be captured)
+    # gradient buffer itself, by buckets during the backward pass, inside its CUDA graphs
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy=None if fast_on else "ddp")
     model.check_tying()
     use_amp = bf16_autocast(device)
@@ -206,11 +206,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             mask_id=special["mask"],
             clip_norm=tcfg.clip_norm,
             world=world,
+            bucket_mb=tcfg.allreduce_bucket_mb,
+            accum=accum,
         )
         if rank == 0:
+            n = len(fast.buckets)
+            reduce = (
+                f"; {world} workers, the gradients all-reduced in {n} bucket{'s' if n > 1 else ''} "
+                "during the backward pass"
+                if n
+                else f"; {world} workers, one all-reduce of the flat gradients per step"
+            )
             print(
                 f"fast step: compiling{' and capturing CUDA graphs' if fast.graphs else ''}"
-                f"{f'; {world} workers, one all-reduce of the flat gradients per step' if world > 1 else ''}…",
+                f"{reduce if world > 1 else ''}…",
                 flush=True,
             )
         took = fast.warm_up()
