@@ -13,6 +13,12 @@ implementation, on the CPU or a GPU; on the CPU also our loop under Ray Train (i
            a GPU, the generator's backward on a second stream beside the discriminator's forward
            and backward (FastStep(overlap=True); both halves' kernels are small for `small`)
 (compiled) the same without CUDA graphs (a diagnostic: what the graphs add)
+(buckets)  the fast step as each of several workers runs it, on a one-rank process group (gloo;
+           NCCL on a GPU): the forward compiled in pieces, the gradient all-reduced by 25 MiB
+           buckets during the backward pass (captured in the graph on a GPU); against `fast`, what
+           the multi-worker machinery costs one GPU (the collectives themselves are trivial here)
+(allreduce) the same with one all-reduce of the whole gradient after the backward pass
+           (--allreduce-bucket-mb 0)
 (plain)    the same model, masking, loss and optimizer run eagerly, batches built on the host
            (bf16 autocast on a GPU): the loop's step without --fast-step
 (hf)       a straightforward implementation: full-vocabulary generator logits at every
@@ -115,15 +121,22 @@ def fast_setup(
     graphs: bool = True,
     flat: bool = True,
     overlap: bool = False,
+    bucket_mb: float | None = None,
 ):
-    """(cfg, FastStep, DeviceInstances, the epoch's order on the device) for ``steps`` steps."""
+    """(cfg, FastStep, DeviceInstances, the epoch's order on the device) for ``steps`` steps.
+    ``bucket_mb``: the step of one of several workers (on a one-rank process group)."""
     import torch
+    import torch.distributed as dist
 
     from electra_ray.train.data import epoch_order
     from electra_ray.train.fast import DeviceInstances, FastStep
 
     cfg, arr = _setup(preset, device, batch, steps)
     dev = torch.device(device)
+    if bucket_mb is not None:
+        store = os.path.join(tempfile.mkdtemp(prefix="bench_train_pg_"), "store")
+        backend = "nccl" if device == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
     model, opt, _ = _model_and_optimizer(cfg, dev)
     data = DeviceInstances(arr, dev)
     fast = FastStep(
@@ -138,6 +151,8 @@ def fast_setup(
         graphs=graphs and device == "cuda",
         flat=flat,
         overlap=overlap,
+        all_reduce=bucket_mb is not None,
+        bucket_mb=bucket_mb or 0.0,
     )
     return cfg, fast, data, data.rows_of_epoch(0, lambda: epoch_order(arr.n, 0, 0))
 
@@ -209,13 +224,14 @@ def run_fast(
     graphs: bool = True,
     flat: bool = True,
     overlap: bool = False,
+    bucket_mb: float | None = None,
 ) -> dict:
     import torch
 
     from electra_ray.train.optim import lr_factor
 
     cfg, fast, data, order = fast_setup(
-        preset, device, batch, steps + warmup, graphs=graphs, flat=flat, overlap=overlap
+        preset, device, batch, steps + warmup, graphs=graphs, flat=flat, overlap=overlap, bucket_mb=bucket_mb
     )
     slots = cfg.max_predictions(SEQ)
     compile_s = fast.warm_up()
@@ -261,6 +277,14 @@ def run_pertensor(preset: str, device: str, batch: int, steps: int, warmup: int)
 
 def run_overlap(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
     return run_fast(preset, device, batch, steps, warmup, overlap=True)
+
+
+def run_buckets(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
+    return run_fast(preset, device, batch, steps, warmup, bucket_mb=25.0)
+
+
+def run_allreduce(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
+    return run_fast(preset, device, batch, steps, warmup, bucket_mb=0.0)
 
 
 def run_hf(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
@@ -427,6 +451,8 @@ VARIANTS = {
     "fast": run_fast,
     "pertensor": run_pertensor,
     "overlap": run_overlap,
+    "buckets": run_buckets,
+    "allreduce": run_allreduce,
     "compiled": run_compiled,
     "plain": run_plain,
     "hf": run_hf,
@@ -555,7 +581,7 @@ def main() -> None:
         )
         figures[preset] = res
     first = figures[presets[0]]
-    for v in ("fast", "pertensor", "overlap", "compiled", "plain", "hf", "ray"):
+    for v in ("fast", "pertensor", "overlap", "buckets", "allreduce", "compiled", "plain", "hf", "ray"):
         figures[f"{v}_steps_per_s"] = first.get(v, {}).get("steps_per_s")
     best = first.get("fast") or first.get("plain") or {}
     figures["preset"] = presets[0]

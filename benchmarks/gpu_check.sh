@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared run (issue 7): what the card is, the fast-step tests on CUDA, then
-# bench_train.py on small (plain, hf, fast, overlap, pertensor, compiled) and base (fast, plain, hf), and, when
-# the wheels of Ray travel with it (benchmarks/gpu_wheels.py), pretraining under Ray Train
+# bench_train.py on small (plain, hf, fast, overlap, pertensor, compiled) and base (fast, plain, hf), the
+# multi-worker step's cost on one GPU (buckets, allreduce: small and base), and, when the wheels of
+# Ray travel with it (benchmarks/gpu_wheels.py), pretraining under Ray Train
 # (benchmarks/gpu_ray_check.sh).
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
-#   STAGES="small ray" … runs only those stages (of: small base tests ray; all by default). Their
-#   time limits (SMALL_S 360, BASE_S 300, TEST_S 180 s; the ray stage's RUN1_S 220 + RUN2_S 120 +
-#   BENCH_S 120 + 60 s) add up to more than a session's 15 device minutes with the machine's start:
-#   pick.
+#   STAGES="small ray" … runs only those stages (of: small base buckets tests ray; all by default).
+#   Their time limits (SMALL_S 360, BASE_S 300, BUCKETS_S 300, TEST_S 240 s; the ray stage's RUN1_S
+#   220 + RUN2_S 120 + BENCH_S 120 + 60 s) add up to more than a session's 15 device minutes with
+#   the machine's start: pick. The tests stage includes the bucketed all-reduce captured with NCCL
+#   in a CUDA graph (one-rank group): run it before trusting --allreduce-bucket-mb on GPUs.
 # With the device tool, prepared here first (`make demo && .venv/bin/python benchmarks/gpu_wheels.py`),
 # two calls on the same warm machine (Inductor's cache makes the second compile short):
 #   command "OUT=$OUT STAGES=ray bash benchmarks/gpu_check.sh", timeout_s 560,
 #     carry [".whl", "demo_output/instances", "demo_output/tokenizer"]
-#   command "OUT=$OUT STAGES='small tests' bash benchmarks/gpu_check.sh", timeout_s 580
+#   command "OUT=$OUT SMALL_S=330 STAGES='small tests' bash benchmarks/gpu_check.sh", timeout_s 600
 # Logs go to $OUT; the last lines of each bench log are its JSON.
 set -u
 OUT=${OUT:-bench_output}
@@ -24,7 +26,7 @@ stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
 stamp "card"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/gpu.txt"
-STAGES=" ${STAGES:-small base tests ray} "
+STAGES=" ${STAGES:-small base buckets tests ray} "
 on() { [[ "$STAGES" == *" $1 "* ]]; }
 if on small; then
 stamp "bench small"
@@ -36,9 +38,14 @@ stamp "bench base"
 timeout "${BASE_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset base --variants plain,hf,fast,overlap \
   --steps "${STEPS:-30}" --timeout 150 2>&1 | tee "$OUT/bench_base.log"
 fi
+if on buckets; then
+stamp "bench buckets (the step of one of several workers, on a one-rank NCCL group)"
+timeout "${BUCKETS_S:-300}" $PY benchmarks/bench_train.py --device cuda --preset small,base --variants buckets,allreduce \
+  --steps "${STEPS:-30}" --timeout 140 2>&1 | tee "$OUT/bench_buckets.log"
+fi
 if on tests; then
 stamp "fast-step tests on CUDA"
-timeout "${TEST_S:-180}" $PY -m pytest -q --noconftest -p no:cacheprovider tests/test_fast_step.py 2>&1 | tee "$OUT/tests.log"
+timeout "${TEST_S:-240}" $PY -m pytest -q --noconftest -p no:cacheprovider tests/test_fast_step.py 2>&1 | tee "$OUT/tests.log"
 fi
 if on ray; then
   if ls "${WHL:-.whl}"/ray-*.whl >/dev/null 2>&1 || $PY -c "import ray" 2>/dev/null; then

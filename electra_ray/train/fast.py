@@ -310,7 +310,7 @@ class FastStep:
         self.cut = False  # the compiled forward is cut into pieces along the buckets
         if self.all_reduce and bucket_mb > 0 and not overlap:
             self._make_buckets(int(bucket_mb * 2**20))
-        if compile and self.buckets:
+        if compile and len(self.buckets) > 1:
             self._fwd, self.cut = compile_in_pieces(_forward, int(bucket_mb * 2**20))
         else:
             self._fwd = torch.compile(_forward, dynamic=False) if compile else _forward
@@ -562,8 +562,16 @@ class FastStep:
             pool = None
             for reduce in kinds:
                 graph = self._graphs[reduce] = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._micro(reduce)
+                try:
+                    with torch.cuda.graph(graph, pool=pool):
+                        self._micro(reduce)
+                except RuntimeError as e:
+                    if not reduce:
+                        raise
+                    raise RuntimeError(
+                        f"capturing the bucketed all-reduce in a CUDA graph failed ({e}); "
+                        "--allreduce-bucket-mb 0 all-reduces outside the graphs instead"
+                    ) from e
                 pool = graph.pool()
             self._graph_upd = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph_upd, pool=pool):
