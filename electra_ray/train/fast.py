@@ -469,6 +469,9 @@ class FastStep:
             self._add_grads(torch.autograd.grad(loss, self._params, allow_unused=True))
         else:
             self._next, self._seen, self._reduce, self._collect = 0, 0, reduce, True
+            for pending in self._pending:  # left over only by a backward pass that raised
+                pending.clear()
+            self._works.clear()
             if reduce:
                 self.launched = []
             try:

@@ -215,10 +215,15 @@ def parse(text: str, deadline: float | None = None) -> list:
     """Parse templates, parameters and links into a tree; everything else stays text.
 
     Unbalanced markup never swallows text: an unclosed opener becomes literal text again.
+    Linear in the text, however deep the unclosed markup: an unclosed frame is handed to its parent
+    as one group (a list among the pieces), not copied, and the groups are spread out once, when
+    the node holding them closes (or at the end); the open frames of each kind are counted, so
+    finding whether a closer has an opener is not a walk down the stack.
     """
-    # stack of [kind, parts]; the root has kind 0.
+    # stack of [kind, parts]; the root has kind 0. opened[kind]: frames of that kind on the stack
     root: list = [0, [[]]]
     stack = [root]
+    opened = [0, 0, 0, 0]
     pos = 0
     n = 0
     for m in _TOKEN.finditer(text):
@@ -240,8 +245,9 @@ def parse(text: str, deadline: float | None = None) -> list:
         elif c == "[":
             if tok == "[[":
                 stack.append([LINK, [[]]])
+                opened[LINK] += 1
         elif c == "]":
-            _close(stack, LINK, 2)
+            _close(stack, opened, LINK)
         elif c == "{":
             k = len(tok)
             if k % 2 == 1 and k != 3:
@@ -249,18 +255,20 @@ def parse(text: str, deadline: float | None = None) -> list:
                 k -= 1
             if k == 3:
                 stack.append([PARAM, [[]]])
+                opened[PARAM] += 1
             else:
                 for _ in range(k // 2):
                     stack.append([TPL, [[]]])
+                opened[TPL] += k // 2
         else:  # closing braces
             k = len(tok)
             while k >= 2:
                 top = stack[-1]
                 if top[0] == PARAM and k >= 3:
-                    _close(stack, PARAM, 3)
+                    _close(stack, opened, PARAM)
                     k -= 3
-                elif _has(stack, TPL):
-                    _close(stack, TPL, 2)
+                elif opened[TPL]:
+                    _close(stack, opened, TPL)
                     k -= 2
                 else:
                     break
@@ -269,36 +277,49 @@ def parse(text: str, deadline: float | None = None) -> list:
     if pos < len(text):
         stack[-1][1][-1].append(text[pos:])
     while len(stack) > 1:
-        _unwind_top(stack)
-    return root[1][0]
+        _unwind_top(stack, opened)
+    return _spread(root[1][0])
 
 
-def _has(stack: list, kind: int) -> bool:
-    for fr in reversed(stack):
-        if fr[0] == kind:
-            return True
-    return False
-
-
-def _unwind_top(stack: list) -> None:
-    """An unclosed frame becomes literal text in its parent."""
+def _unwind_top(stack: list, opened: list[int]) -> None:
+    """An unclosed frame becomes literal text in its parent: one group [opener, part, "|", part …]."""
     kind, parts = stack.pop()
-    pieces = stack[-1][1][-1]
-    pieces.append(_OPEN[kind])
+    opened[kind] -= 1
+    group: list = [_OPEN[kind]]
     for i, part in enumerate(parts):
         if i:
-            pieces.append("|")
-        pieces.extend(part)
+            group.append("|")
+        group.append(part)
+    stack[-1][1][-1].append(group)
 
 
-def _close(stack: list, kind: int, width: int) -> None:
-    if not _has(stack, kind):
+def _close(stack: list, opened: list[int], kind: int) -> None:
+    if not opened[kind]:
         stack[-1][1][-1].append(_CLOSE[kind])
         return
     while stack[-1][0] != kind:
-        _unwind_top(stack)
+        _unwind_top(stack, opened)
     _, parts = stack.pop()
-    stack[-1][1][-1].append((kind, parts))
+    opened[kind] -= 1
+    stack[-1][1][-1].append((kind, [_spread(part) for part in parts]))
+
+
+def _spread(pieces: list) -> list:
+    """The pieces with their groups (nested lists, from unclosed frames) spread out in order,
+    without recursion (groups nest as deep as the unclosed markup)."""
+    if not any(type(p) is list for p in pieces):
+        return pieces
+    out: list = []
+    todo = [iter(pieces)]
+    while todo:
+        for p in todo[-1]:
+            if type(p) is list:
+                todo.append(iter(p))
+                break
+            out.append(p)
+        else:
+            todo.pop()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
