@@ -257,7 +257,6 @@ class FastStep:
         accum: int = 1,
     ) -> None:
         self.model, self.opt, self.device = model, opt, device
-        self.world = world
         # sum the gradients over the ranks of the default process group (a test may ask for it on one)
         self.all_reduce = world > 1 if all_reduce is None else all_reduce
         flat = flat or self.all_reduce
@@ -379,8 +378,8 @@ class FastStep:
         if off > start:
             self.buckets.append((start, off))
         self._expected = [0] * len(self.buckets)  # gradients a bucket waits for
-        for p in order:
-            self._expected[self._bucket_of[id(p)]] += 1
+        for b in self._bucket_of.values():
+            self._expected[b] += 1
         self._pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.buckets]
         self._next = 0  # buckets are flushed (and launched) in index order: the same on every rank
         self._works: list[Any] = []
