@@ -123,10 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
     print(cfg.describe(), flush=True)
     from electra_ray.data.tokenize import check_tokenizer
+    from electra_ray.train.trainer import check_instances_folder, pretrain
 
-    check_tokenizer(cfg.tokenizer, "auto")  # fail fast, before starting Ray
+    # fail fast, before starting Ray: the tokenizer, and the instance folder against it
+    tok = check_tokenizer(cfg.tokenizer, "auto")
+    if cfg.data:
+        check_instances_folder(cfg, tok["sha256"])
     cli.init_ray()
-    from electra_ray.train.trainer import pretrain
 
     s = pretrain(cfg)
     f = s["final"]

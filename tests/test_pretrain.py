@@ -82,29 +82,35 @@ def params(run: str, step: int) -> dict[str, torch.Tensor]:
     return load_model_state(os.path.join(run, f"step_{step:08d}"))
 
 
-def test_resume_is_exact_and_two_workers_match_one(prepared, tmp_path):
-    runs = str(tmp_path)
-    straight = pretrain(cfg(prepared, runs, "straight"), **quiet)
-    assert straight["step"] == 6
-    # the same run in two launches: 3 steps, then resume to 6
-    pretrain(cfg(prepared, runs, "resumed", max_steps=3), **quiet)
-    again = pretrain(cfg(prepared, runs, "resumed"), **quiet)
-    assert again["step"] == 6
-    a, b = params(straight["run"], 6), params(again["run"], 6)
-    assert all(torch.equal(a[k], b[k]) for k in a), (
-        "resume reproduces the uninterrupted run bit for bit (CPU)"
-    )
-    steps = [json.loads(ln)["step"] for ln in open(os.path.join(again["run"], "metrics.jsonl"))]
-    assert steps == [3, 6]
-    assert os.listdir(os.path.join(again["run"], "tensorboard")), "TensorBoard event files"
-    png = open(os.path.join(again["run"], "plots", "curves.png"), "rb").read()
+# A plain one-worker run of 6 steps, with a non-finite loss injected at data batch 4 (skipped),
+# that other runs are compared with (fixture plain_run). Resuming bit for bit is tested in
+# test_fault_tolerance.py (stops mid-epoch and at an epoch boundary).
+PLAIN = dict(max_steps=6, checkpoint_every=3, log_every=1, eval_every=6, inject_nonfinite=(4,))
+
+
+@pytest.fixture(scope="module")
+def plain_run(prepared, tmp_path_factory):
+    runs = str(tmp_path_factory.mktemp("plain"))
+    s = pretrain(cfg(prepared, runs, "plain", **PLAIN), **quiet)
+    rows = [json.loads(ln) for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
+    return {**s, "rows": rows}
+
+
+def test_two_workers_match_one(prepared, plain_run, tmp_path):
+    one = plain_run
+    assert one["step"] == 6 and [r["step"] for r in one["rows"]] == [1, 2, 3, 4, 5, 6]
+    assert os.listdir(os.path.join(one["run"], "tensorboard")), "TensorBoard event files"
+    png = open(os.path.join(one["run"], "plots", "curves.png"), "rb").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # two workers, same global batch and micro-batch: same update up to reduction order
-    two = pretrain(cfg(prepared, runs, "two", num_workers_min=2, num_workers_max=2), **quiet)
-    c = params(two["run"], 6)
+    two = pretrain(
+        cfg(prepared, str(tmp_path), "two", num_workers_min=2, num_workers_max=2, **PLAIN), **quiet
+    )
+    a, c = params(one["run"], 6), params(two["run"], 6)
     worst = max((a[k] - c[k]).abs().max().item() for k in a)
     assert worst < 1e-4, worst
-    assert two["final"]["gen_loss"] == pytest.approx(straight["final"]["gen_loss"], rel=1e-4)
+    assert two["final"]["gen_loss"] == pytest.approx(one["final"]["gen_loss"], rel=1e-4)
+    assert two["final"]["workers"] == 2 and two["final"]["nonfinite_steps"] == 1
 
 
 def dead_pid() -> int:
@@ -113,28 +119,45 @@ def dead_pid() -> int:
     return p.pid
 
 
-def test_tiny_model_learns(prepared, tmp_path):
-    """... and leaves no local folders behind; those of a killed worker (a checkpoint not yet
-    uploaded) and of a killed driver (TensorBoard files) are removed when a run starts. Frequent
-    reports do not hold training up: Ray Train's controller takes one report per worker each time it
-    polls, every 2 s by default, and the loop would wait that long in every ray.train.report."""
+def test_tiny_model_learns_straight_from_a_corpus(prepared, tmp_path):
+    """--corpus: the tokenize pipeline into the object store gives the instances of the Parquet
+    path, and the tiny model trained on them learns. The run leaves no local folders behind; those
+    of a killed worker (a checkpoint not yet uploaded) and of a killed driver (TensorBoard files)
+    are removed when a run starts. Frequent reports do not hold training up: Ray Train's controller
+    takes one report per worker each time it polls, every 2 s by default, and the loop would wait
+    that long in every ray.train.report."""
+    import ray
+
+    from electra_ray.data.tokenize import instances_dataset
+    from electra_ray.train.data import arrays_from_tables, load_instances
+
+    ds = instances_dataset(prepared["corpus"], prepared["tokenizer"], max_seq_length=64)
+    mem = arrays_from_tables(ray.get(ref) for ref in ds.to_arrow_refs())
+    disk = load_instances(prepared["data"])
+    assert (
+        (mem.ids == disk.ids).all()
+        and (mem.offsets == disk.offsets).all()
+        and (mem.b_start == disk.b_start).all()
+    )
     tmp = tempfile.gettempdir()
     stale = [tempfile.mkdtemp(prefix=f"electra-{kind}-{dead_pid()}-", dir=tmp) for kind in ("ckpt", "tb")]
     open(os.path.join(stale[0], "model.pt"), "wb").close()
     before = set(glob.glob(os.path.join(tmp, "electra-*")))
-    s = pretrain(
-        cfg(
-            prepared,
-            str(tmp_path),
-            "learn",
-            max_steps=60,
-            total_steps=60,
-            checkpoint_every=60,
-            log_every=2,
-            eval_every=60,
-        ),
-        **quiet,
+    c = cfg(
+        prepared,
+        str(tmp_path),
+        "learn",
+        max_steps=60,
+        total_steps=60,
+        checkpoint_every=60,
+        log_every=2,
+        eval_every=60,
     )
+    c = TrainConfig.from_dict(
+        {**c.to_dict(), "data": None, "corpus": prepared["corpus"], "max_seq_length": 64}
+    )
+    s = pretrain(c, **quiet)
+    assert s["step"] == 60
     hist = [json.loads(ln) for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
     assert [h["step"] for h in hist] == list(range(2, 61, 2))
     gaps = sorted(b["time"] - a["time"] for a, b in zip(hist, hist[1:]))
@@ -168,40 +191,9 @@ def test_stale_local_checkpoint_folders(tmp_path):
         os.rmdir(mine)
 
 
-def test_pretrain_straight_from_a_corpus(prepared, tmp_path):
-    """--corpus: the tokenize pipeline into the object store; the same instances as the Parquet path."""
-    import ray
-
-    from electra_ray.data.tokenize import instances_dataset
-    from electra_ray.train.data import arrays_from_tables, load_instances
-
-    ds = instances_dataset(prepared["corpus"], prepared["tokenizer"], max_seq_length=64)
-    mem = arrays_from_tables(ray.get(ref) for ref in ds.to_arrow_refs())
-    disk = load_instances(prepared["data"])
-    assert (
-        (mem.ids == disk.ids).all()
-        and (mem.offsets == disk.offsets).all()
-        and (mem.b_start == disk.b_start).all()
-    )
-    c = TrainConfig(
-        corpus=prepared["corpus"],
-        tokenizer=prepared["tokenizer"],
-        storage_path=str(tmp_path),
-        name="fromcorpus",
-        preset="tiny",
-        max_seq_length=64,
-        max_steps=3,
-        batch_size=16,
-        checkpoint_every=3,
-        log_every=3,
-        eval_every=3,
-        eval_instances=16,
-    )
-    assert pretrain(c, **quiet)["step"] == 3
-
-
-def test_s3_run_folder(prepared, bucket):
-    s = pretrain(cfg(prepared, f"{bucket}/runs", "s3run", max_steps=3), **quiet)
+def test_s3_run_folder_and_resume_with_other_settings_refuses(prepared, bucket):
+    runs = f"{bucket}/runs"
+    s = pretrain(cfg(prepared, runs, "s3run", max_steps=3), **quiet)
     assert s["step"] == 3
     names = {storage.basename(u) for u in storage.list_files(f"{bucket}/runs/s3run/step_00000003")}
     assert {"model.pt", "train_state.pt", "meta.json"} <= names
@@ -210,15 +202,12 @@ def test_s3_run_folder(prepared, bucket):
         f"{bucket}/runs/s3run/plots/curves.png"
     )
     assert storage.list_files(f"{bucket}/runs/s3run/tensorboard")
-
-
-def test_resume_with_other_settings_refuses(prepared, tmp_path):
-    pretrain(cfg(prepared, str(tmp_path), "r", max_steps=3), **quiet)
+    # the checkpoint's settings, read from the bucket, refuse another batch size before anything starts
     with pytest.raises(Exception, match="batch_size: checkpoint 16, run 32"):
-        pretrain(cfg(prepared, str(tmp_path), "r", batch_size=32), **quiet)
+        pretrain(cfg(prepared, runs, "s3run", batch_size=32), **quiet)
     # a preset override reaches the model config, which the checkpoint keeps
     with pytest.raises(Exception, match="temperature: checkpoint 3.0, run 1.0"):
-        pretrain(cfg(prepared, str(tmp_path), "r", model_set={"temperature": 1.0}), **quiet)
+        pretrain(cfg(prepared, runs, "s3run", model_set={"temperature": 1.0}), **quiet)
 
 
 def test_config_errors():
@@ -348,37 +337,28 @@ def test_cli_errors(prepared, tmp_path):
     assert r.returncode == 2 and "3 workers need at least one micro-batch each" in r.stderr, r.stderr[-2000:]
 
 
-def test_fast_step_trains_like_the_plain_step(prepared, tmp_path):
+def test_fast_step_trains_like_the_plain_step(prepared, plain_run, tmp_path):
     """--fast-step on, compiled on the CPU, in the real loop: same data, masks and schedule as the
     plain step; only the random streams of dropout and Gumbel noise differ (the compiled step
     draws them from the global generator), so the losses agree closely, not bit for bit. On two
     workers (the flat gradient all-reduced during the backward pass) the fast step follows the
-    one-worker fast run to float tolerance: the noise is keyed by micro-batch, not by worker. The non-finite test hook goes through the skip.
-    The one-worker fast run stops at its step-3 checkpoint and is started again: the resumed fast
-    step (flat buffers rebuilt from the checkpoint) must still follow the uninterrupted 2-worker run."""
+    one-worker fast run to float tolerance: the noise is keyed by micro-batch, not by worker. The
+    non-finite loss injected at batch 4 goes through the skip. The one-worker fast run stops at its
+    step-3 checkpoint and is started again: the resumed fast step (flat buffers rebuilt from the
+    checkpoint) must still follow the uninterrupted 2-worker run."""
     runs = str(tmp_path)
-    kw = dict(
-        max_steps=6, checkpoint_every=3, log_every=1, eval_every=6, inject_nonfinite=(4,), cpus_per_worker=1
-    )
-    hist = {}
-    for name, extra in (
-        ("plain", {}),
-        ("fast", {"fast_step": "on"}),
-        # one bucket: the compiled graph is the one-worker run's (compiled once; the graph cut into
-        # pieces along several buckets is tested in test_fast_step.py)
-        (
-            "fast2",
-            {"fast_step": "on", "num_workers_min": 2, "num_workers_max": 2, "allreduce_bucket_mb": 1e3},
-        ),
-    ):
-        if name == "fast":  # the same run in two launches
-            first = pretrain(cfg(prepared, runs, name, **{**kw, "max_steps": 3}, **extra), **quiet)
-            assert [h["step"] for h in first["history"]] == [1, 2, 3]
-        s = pretrain(cfg(prepared, runs, name, **kw, **extra), **quiet)
-        if name == "fast":
-            assert [h["step"] for h in s["history"]] == [4, 5, 6], "resumed from the step-3 checkpoint"
-        hist[name] = [json.loads(ln) for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
-    hp, hf, h2 = hist["plain"], hist["fast"], hist["fast2"]
+    fast = {**PLAIN, "fast_step": "on"}
+    first = pretrain(cfg(prepared, runs, "fast", **{**fast, "max_steps": 3}), **quiet)
+    assert [h["step"] for h in first["history"]] == [1, 2, 3]
+    s = pretrain(cfg(prepared, runs, "fast", **fast), **quiet)
+    assert [h["step"] for h in s["history"]] == [4, 5, 6], "resumed from the step-3 checkpoint"
+    hf = [json.loads(ln) for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
+    # one bucket: the compiled graph is the one-worker run's (compiled once; the graph cut into
+    # pieces along several buckets is tested in test_fast_step.py)
+    two = dict(num_workers_min=2, num_workers_max=2, allreduce_bucket_mb=1e3)
+    s2 = pretrain(cfg(prepared, runs, "fast2", **fast, **two), **quiet)
+    h2 = [json.loads(ln) for ln in open(os.path.join(s2["run"], "metrics.jsonl"))]
+    hp = plain_run["rows"]
     assert [h["step"] for h in hf] == [h["step"] for h in hp] == [h["step"] for h in h2] == [1, 2, 3, 4, 5, 6]
     assert (
         [h["sample_digest"] for h in hf]

@@ -42,6 +42,7 @@ from electra_ray.data.resources import actor_pool, cluster_cpus
 from electra_ray.wiki.dump import (
     DumpError,
     Page,
+    check_root,
     check_stream_starts,
     count_drops,
     iter_pages,
@@ -194,10 +195,12 @@ class ShardCleaner:
 
 
 def check_inputs(cfg: CorpusConfig) -> None:
-    """Fail fast, before any Ray work, when an input is missing, unreadable or unreachable."""
+    """Fail fast, before any Ray work, when an input is missing, unreadable or unreachable, or the
+    dump is not a MediaWiki export (only its first bytes are read)."""
     for uri in (cfg.dump, cfg.index):
         if uri and storage.size(uri) == 0:
             raise DumpError(f"{uri}: the file is empty")
+    check_root(cfg.dump)
 
 
 def input_fingerprint(cfg: CorpusConfig) -> str:

@@ -35,12 +35,18 @@ class InstanceArrays:
         return len(self.offsets) - 1
 
 
-def load_instances(folder: str) -> InstanceArrays:
+def instance_shards(folder: str) -> list[str]:
+    """The folder's instance shards (Parquet files), in order; a clear error when there are none."""
     files = storage.list_files(folder, ".parquet")
     if not files:
         raise FileNotFoundError(
             f"{folder}: no instance shards (part-*.parquet); run jobs/tokenize_corpus.py first"
         )
+    return files
+
+
+def load_instances(folder: str) -> InstanceArrays:
+    files = instance_shards(folder)
     arr = arrays_from_tables(pq.read_table(pa.BufferReader(storage.read_bytes(f))) for f in files)
     if arr.offsets[-1] == 0:
         raise ValueError(f"{folder}: the instance shards are empty")

@@ -44,20 +44,30 @@ def model_config_for(cfg: TrainConfig, enc: JapaneseWordPieceTokenizer) -> tuple
     return mcfg, special
 
 
+def check_instances_folder(cfg: TrainConfig, vocab_sha256: str) -> dict[str, Any]:
+    """The --data folder without reading a shard: it holds instance shards, and its manifest (when
+    there is one) names the tokenizer's vocabulary. Cheap: the job runs it before starting Ray, so a
+    wrong folder fails in seconds. Returns the manifest ({} without one)."""
+    from electra_ray.train.data import instance_shards
+
+    instance_shards(cfg.data)
+    manifest_uri = storage.join(cfg.data, "manifest.json")
+    m = storage.read_json(manifest_uri) if storage.exists(manifest_uri) else {}
+    tok_sha = (m.get("tokenizer") or {}).get("sha256")
+    if tok_sha and tok_sha != vocab_sha256:
+        raise ValueError(
+            f"{cfg.data} was tokenized with another vocabulary (sha256 {tok_sha[:12]}…) than {cfg.tokenizer} "
+            f"({vocab_sha256[:12]}…); pass the tokenizer the instances were made with"
+        )
+    return m
+
+
 def check_data(cfg: TrainConfig, arrays, vocab_size: int, vocab_sha256: str) -> int:
     """Instances against the tokenizer and the batch; returns the sequence length."""
     source = cfg.data or cfg.corpus
     seq_len = cfg.max_seq_length if cfg.corpus else None
-    manifest_uri = storage.join(cfg.data, "manifest.json") if cfg.data else None
-    if manifest_uri and storage.exists(manifest_uri):
-        m = storage.read_json(manifest_uri)
-        seq_len = m.get("config", {}).get("max_seq_length")
-        tok_sha = (m.get("tokenizer") or {}).get("sha256")
-        if tok_sha and tok_sha != vocab_sha256:
-            raise ValueError(
-                f"{cfg.data} was tokenized with another vocabulary (sha256 {tok_sha[:12]}…) than {cfg.tokenizer} "
-                f"({vocab_sha256[:12]}…); pass the tokenizer the instances were made with"
-            )
+    if cfg.data:
+        seq_len = check_instances_folder(cfg, vocab_sha256).get("config", {}).get("max_seq_length")
     max_id = int(arrays.ids.max()) if len(arrays.ids) else -1
     if max_id >= vocab_size:
         raise ValueError(

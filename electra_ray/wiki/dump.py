@@ -203,6 +203,19 @@ class PageParser:
         return Page(page_id=page_id, title=title, ns=ns_i, text=text, redirect=redirect, model=model)
 
 
+def check_root(uri: str, chunk_size: int = 1 << 16) -> None:
+    """Read only the start of the dump (decompressing as little as it takes) and raise DumpError
+    naming the file when its root element is not a MediaWiki export's: a wrong file fails in a
+    second, before a cluster starts on it."""
+    parser = PageParser(uri)
+    for data in decompressed_chunks(uri, chunk_size):
+        parser.feed(data)
+        if parser._root is not None:
+            return
+    parser.close()
+    raise DumpError(f"{uri}: not a MediaWiki XML export (no root element)")
+
+
 def iter_pages(uri: str, chunk_size: int = 4 << 20) -> Iterator[Page]:
     """Every page of a dump, in order, streamed with bounded memory."""
     parser = PageParser(uri)
