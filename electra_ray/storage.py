@@ -300,14 +300,15 @@ def parquet_bytes(table: Any, **kwargs: Any) -> bytes:
 # Attempts per request of the pyarrow S3 filesystem (AWS_MAX_ATTEMPTS overrides). Ray Train's
 # controller writes its checkpoint bookkeeping through it, synchronously, and a failed write ends
 # the run (a controller error, which --max-failures does not cover); pyarrow's default of 3
-# attempts gives up after ~1.5 s. Measured against a moto server behind a cut TCP relay (CPU here):
-# 3 attempts fail after 1.5 s, 8 after 36 s, 10 after 72 s of outage.
+# attempts gives up after ~1.5 s. `python benchmarks/s3_outage_window.py` (moto behind a cut TCP
+# relay; the SDK's backoff is jittered): 3 attempts give up after 1.2-1.5 s, 8 after 37-43 s, 10
+# after 72-102 s; an 8-s outage is ridden out by 8 attempts or more (the write ends 15-26 s later).
 S3_ATTEMPTS = 10
 
 
 def pyarrow_filesystem(uri: str):
     """A pyarrow filesystem for ``uri`` (Ray Data readers, Ray Train's storage), with the same
-    endpoint rules, retrying a request through an outage of about a minute."""
+    endpoint rules, retrying a request through an outage of a minute or more."""
     import pyarrow.fs as pafs
 
     if uri.startswith(("s3://", "s3a://")):

@@ -1,6 +1,8 @@
-"""Faults during pretraining: a worker or the whole job killed with SIGKILL mid-run.
+"""Faults during pretraining: a worker or the whole job killed with SIGKILL mid-run, an S3 outage,
+non-finite losses, a run resumed twice.
 
-Both runs are compared with one uninterrupted reference run of the same 40 steps.
+The killed, cut-off and resumed runs are compared with one uninterrupted reference run of the
+same 40 steps.
 """
 
 from __future__ import annotations
@@ -16,19 +18,42 @@ import psutil
 import pytest
 import torch
 from conftest import ROOT
+from relay import FlakyProxy
 from test_pretrain import cfg, cli_args, quiet
 
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.trainer import pretrain
 
-RUN = {"max_steps": 40, "total_steps": 40, "checkpoint_every": 10, "log_every": 2, "eval_every": 40}
+# 40 steps of 32 on two of the sample's instance shards (~1,050 instances): the run crosses the end
+# of its first epoch (step 32), which test_resume_twice_and_at_an_epoch_boundary stops at.
+RUN = {
+    "max_steps": 40,
+    "total_steps": 40,
+    "batch_size": 32,
+    "checkpoint_every": 10,
+    "log_every": 2,
+    "eval_every": 40,
+}
 
 
 @pytest.fixture(scope="module")
-def reference(prepared, tmp_path_factory):  # noqa: F811
-    """The step-40 parameters of an uninterrupted run."""
-    run = pretrain(cfg(prepared, str(tmp_path_factory.mktemp("ref")), "straight", **RUN), **quiet)["run"]
-    return load_model_state(os.path.join(run, "step_00000040"))
+def small(prepared, tmp_path_factory):  # noqa: F811
+    """The prepared sample with its instances cut to two of its shards."""
+    import shutil
+
+    from electra_ray.train.data import instance_shards
+
+    folder = tmp_path_factory.mktemp("two_shards")
+    for f in instance_shards(prepared["data"])[3:5]:
+        shutil.copy(f, folder)
+    return {**prepared, "data": str(folder)}
+
+
+@pytest.fixture(scope="module")
+def reference(small, tmp_path_factory):
+    """The uninterrupted run: its folder and its step-40 parameters."""
+    run = pretrain(cfg(small, str(tmp_path_factory.mktemp("ref")), "straight", **RUN), **quiet)["run"]
+    return {"run": run, "params": load_model_state(os.path.join(run, "step_00000040"))}
 
 
 def assert_same_as_reference(reference, run: str) -> None:
@@ -38,13 +63,12 @@ def assert_same_as_reference(reference, run: str) -> None:
 
     blob = storage.read_bytes(storage.join(run, "step_00000040", "model.pt"))
     params = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    assert all(torch.equal(reference[k], params[k]) for k in reference), (
-        "ends with the uninterrupted run's parameters"
-    )
+    want = reference["params"]
+    assert all(torch.equal(want[k], params[k]) for k in want), "ends with the uninterrupted run's parameters"
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_run_restarts_from_the_last_checkpoint(prepared, reference, bucket, monkeypatch):  # noqa: F811
+def test_worker_killed_mid_run_restarts_from_the_last_checkpoint(small, reference, bucket, monkeypatch):
     """Run folder on S3 (the moto server): a training worker SIGKILLed after the first checkpoint."""
     from electra_ray import storage
 
@@ -65,7 +89,7 @@ def test_worker_killed_mid_run_restarts_from_the_last_checkpoint(prepared, refer
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    faulty = pretrain(cfg(prepared, runs, "faulty", max_failures=2, **RUN), **quiet)
+    faulty = pretrain(cfg(small, runs, "faulty", max_failures=2, **RUN), **quiet)
     t.join(timeout=5)
     assert killed, "no training worker was found to kill"
     assert faulty["step"] == 40
@@ -74,11 +98,11 @@ def test_worker_killed_mid_run_restarts_from_the_last_checkpoint(prepared, refer
 
 
 @pytest.mark.slow
-def test_driver_killed_and_job_started_again_resumes(prepared, reference, tmp_path):  # noqa: F811
+def test_driver_killed_and_job_started_again_resumes(small, reference, tmp_path):
     """The whole job (driver, its Ray, its workers) SIGKILLed mid-run; the same command again finishes
     the run from the last committed checkpoint, with the uninterrupted run's parameters."""
     runs = str(tmp_path)
-    c = cfg(prepared, runs, "killed", **RUN)
+    c = cfg(small, runs, "killed", **RUN)
     args = [*cli_args(c), "--storage-path", runs, "--name", "killed"]
     job = [sys.executable, os.path.join(ROOT, "jobs", "pretrain.py"), *args]
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled"}
@@ -176,77 +200,6 @@ def test_nonfinite_losses_are_skipped_then_rolled_back(prepared, tmp_path):  # n
         pretrain(bad, **quiet)
 
 
-class FlakyProxy:
-    """A TCP relay in front of the S3 server that can be cut: while down, open connections are
-    reset and new ones closed at once (what a client sees when the endpoint is unreachable)."""
-
-    def __init__(self, target: str) -> None:
-        import socket
-
-        self.target = ("127.0.0.1", int(target.rsplit(":", 1)[1]))
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.up = True
-        self.refused = 0
-        self.conns: list = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            if not self.up:
-                self.refused += 1
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            self.conns.append((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a, b) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        import socket
-
-        self.up = False
-        for pair in self.conns:
-            for s in pair:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        self.conns.clear()
-
-    def restore(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_ray_train_storage_rides_out_a_short_outage(s3_server, bucket, monkeypatch):
     """The pyarrow filesystem Ray Train's controller writes its checkpoint bookkeeping through
     (synchronously: a failed write ends the run) retries a request through a 4-s outage; with
@@ -287,7 +240,7 @@ def test_ray_train_storage_rides_out_a_short_outage(s3_server, bucket, monkeypat
 
 
 @pytest.mark.slow
-def test_s3_outage_during_checkpoint_uploads(prepared, reference, s3_server, bucket, monkeypatch, capfd):  # noqa: F811
+def test_s3_outage_during_checkpoint_uploads(small, reference, s3_server, bucket, monkeypatch, capfd):
     """The S3 endpoint goes away for a while right after a checkpoint is committed: the next uploads
     retry, training goes on meanwhile (up to the checkpoint after), every checkpoint in the bucket
     is complete, the run ends with the parameters of the uninterrupted run, and no credential is
@@ -326,7 +279,7 @@ def test_s3_outage_during_checkpoint_uploads(prepared, reference, s3_server, buc
     t = threading.Thread(target=cutter, daemon=True)
     t.start()
     try:
-        s = pretrain(cfg(prepared, f"{bucket}/outage", "run", **RUN), **quiet)
+        s = pretrain(cfg(small, f"{bucket}/outage", "run", **RUN), **quiet)
     finally:
         t.join(timeout=30)
         proxy.close()
@@ -353,7 +306,8 @@ def test_s3_outage_during_checkpoint_uploads(prepared, reference, s3_server, buc
         io.BytesIO(s3.get_object(Bucket=name, Key=f"outage/run/step_00000040/{MODEL_FILE}")["Body"].read()),
         weights_only=True,
     )
-    assert all(torch.equal(got[k], reference[k]) for k in reference), "the outage did not change the model"
+    want = reference["params"]
+    assert all(torch.equal(got[k], want[k]) for k in want), "the outage did not change the model"
     rows = [
         json.loads(ln)
         for ln in s3.get_object(Bucket=name, Key="outage/run/metrics.jsonl")["Body"].read().splitlines()
@@ -368,47 +322,28 @@ def test_s3_outage_during_checkpoint_uploads(prepared, reference, s3_server, buc
     assert TEST_SECRET_KEY not in out.out + out.err and TEST_ACCESS_KEY not in out.out + out.err
 
 
-def test_resume_twice_and_at_an_epoch_boundary(prepared, tmp_path):  # noqa: F811
-    """Uninterrupted vs three launches (stopping at step 3, then exactly at the end of the first
-    epoch): the same loss and sample digest at every step, and the same final parameters, bit for bit.
-    On two of the sample's instance shards (~1,000 instances): an epoch of the whole sample would
-    take 5 times the compute and test nothing more."""
+def test_resume_twice_and_at_an_epoch_boundary(small, reference, tmp_path):
+    """The reference run in three launches (stopping at step 4, then exactly at the end of the first
+    epoch): the same loss and sample digest at every report, and the same final parameters, bit for
+    bit."""
     import json
-    import shutil
 
-    from electra_ray.train.data import instance_shards, load_instances
+    from electra_ray.train.data import load_instances
 
-    small = tmp_path / "two_shards"
-    small.mkdir()
-    for f in instance_shards(prepared["data"])[3:5]:
-        shutil.copy(f, small)
-    prepared = {**prepared, "data": str(small)}
-    n_train = load_instances(prepared["data"]).n - 16
-    batch = 32 * max(1, n_train // (8 * 32))  # about 8 steps per epoch
-    epoch = n_train // batch  # steps per epoch; step epoch+1 draws from the next permutation
-    steps = epoch + 3
-    run = dict(
-        total_steps=steps,
-        batch_size=batch,
-        micro_batch_size=32,
-        checkpoint_every=steps,
-        log_every=1,
-        eval_every=steps,
-        eval_instances=16,
-    )
+    steps, batch = RUN["max_steps"], RUN["batch_size"]
+    epoch = (load_instances(small["data"]).n - 16) // batch  # steps per epoch (16 held out)
+    # the stops fall on reports (every 2 steps): a report's digest covers the steps since the last
+    assert 4 < epoch < steps and epoch % 2 == 0, epoch
     runs = str(tmp_path)
-    straight = pretrain(cfg(prepared, runs, "straight", max_steps=steps, **run), **quiet)
-    for stop in (3, epoch, steps):
-        again = pretrain(cfg(prepared, runs, "thrice", max_steps=stop, **run), **quiet)
+    for stop in (4, epoch, steps):
+        again = pretrain(cfg(small, runs, "thrice", **{**RUN, "max_steps": stop}), **quiet)
         assert again["step"] == stop
     assert again["progress"]["cursor"] == steps and again["progress"]["sample_index"] == steps * batch
 
     def rows(run):
         return [json.loads(ln) for ln in open(os.path.join(run, "metrics.jsonl"))]
 
-    a, b = rows(straight["run"]), rows(again["run"])
-    assert [r["step"] for r in b] == list(range(1, steps + 1))
+    a, b = rows(reference["run"]), rows(again["run"])
+    assert [r["step"] for r in b] == list(range(2, steps + 1, 2))
     assert [(r["loss"], r["sample_digest"]) for r in a] == [(r["loss"], r["sample_digest"]) for r in b]
-    pa = load_model_state(os.path.join(straight["run"], f"step_{steps:08d}"))
-    pb = load_model_state(os.path.join(again["run"], f"step_{steps:08d}"))
-    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert_same_as_reference(reference, again["run"])
