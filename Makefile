@@ -19,12 +19,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Torch first: the CPU wheel lies on disk; a plain `torch` requirement would pull a CUDA build.
-# --no-compile: pip would byte-compile all ~20,000 installed modules (3,000 of torch took 15 s here);
-# Python compiles the few thousand a run imports on first use and caches them.
+# pip byte-compiles what it installs: keep it so (with PYTHONDONTWRITEBYTECODE=1, as on CI, nothing
+# would cache the compiled modules and every Ray worker would compile torch and Ray from source).
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q --no-compile torch==$(TORCH_VERSION)
-	$(PIP) install -q --no-compile -e '.[dev]'
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
