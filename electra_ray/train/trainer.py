@@ -44,13 +44,18 @@ def model_config_for(cfg: TrainConfig, enc: JapaneseWordPieceTokenizer) -> tuple
     return mcfg, special
 
 
-def check_instances_folder(cfg: TrainConfig, vocab_sha256: str) -> dict[str, Any]:
+def check_instances_folder(cfg: TrainConfig, vocab_sha256: str) -> None:
     """The --data folder without reading a shard: it holds instance shards, and its manifest (when
     there is one) names the tokenizer's vocabulary. Cheap: the job runs it before starting Ray, so a
-    wrong folder fails in seconds. Returns the manifest ({} without one)."""
+    wrong folder fails in seconds."""
     from electra_ray.train.data import instance_shards
 
     instance_shards(cfg.data)
+    instances_manifest(cfg, vocab_sha256)
+
+
+def instances_manifest(cfg: TrainConfig, vocab_sha256: str) -> dict[str, Any]:
+    """The --data folder's manifest ({} without one), refused when it names another vocabulary."""
     manifest_uri = storage.join(cfg.data, "manifest.json")
     m = storage.read_json(manifest_uri) if storage.exists(manifest_uri) else {}
     tok_sha = (m.get("tokenizer") or {}).get("sha256")
@@ -67,7 +72,7 @@ def check_data(cfg: TrainConfig, arrays, vocab_size: int, vocab_sha256: str) -> 
     source = cfg.data or cfg.corpus
     seq_len = cfg.max_seq_length if cfg.corpus else None
     if cfg.data:
-        seq_len = check_instances_folder(cfg, vocab_sha256).get("config", {}).get("max_seq_length")
+        seq_len = instances_manifest(cfg, vocab_sha256).get("config", {}).get("max_seq_length")
     max_id = int(arrays.ids.max()) if len(arrays.ids) else -1
     if max_id >= vocab_size:
         raise ValueError(
