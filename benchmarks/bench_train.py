@@ -84,7 +84,7 @@ def _result(device: str, times: float, steps: int, batch: int, cfg, extra: dict 
     import torch
 
     from electra_ray.model.electra import flops_per_token
-    from electra_ray.train.metrics import peak_flops
+    from electra_ray.train.fast import peak_flops
 
     dt = times / steps
     tokens_s = batch * SEQ / dt
@@ -496,6 +496,14 @@ def main() -> None:
         "--vocab", type=int, default=VOCAB, help=f"vocabulary size (default {VOCAB}; e.g. the demo's 4000)"
     )
     ap.add_argument("--timeout", type=float, default=900, help="seconds per variant before it is abandoned")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the whole run: a variant gets at most what is left, those that no longer "
+        "fit are skipped, and the JSON line is printed all the same (a limit from outside would "
+        "kill the run before it)",
+    )
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child:
@@ -525,6 +533,7 @@ def main() -> None:
         "steps": steps,
     }
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    deadline = time.monotonic() + a.budget if a.budget else None
     for preset in presets:
         batch = a.batch or (128 if gpu else CPU_BATCH.get(preset, 8))
         res: dict = {}
@@ -539,6 +548,10 @@ def main() -> None:
                 threads=a.threads,
                 vocab=a.vocab,
             )
+            limit = a.timeout if deadline is None else min(a.timeout, deadline - time.monotonic())
+            if limit < 5:
+                print(f"{preset}/{variant}: skipped, the --budget of {a.budget:.0f} s is spent", flush=True)
+                continue
             t = time.perf_counter()
             try:
                 r = subprocess.run(
@@ -546,10 +559,10 @@ def main() -> None:
                     capture_output=True,
                     text=True,
                     env=env,
-                    timeout=a.timeout,
+                    timeout=limit,
                 )
             except subprocess.TimeoutExpired:
-                print(f"{preset}/{variant}: abandoned after {a.timeout:.0f} s", flush=True)
+                print(f"{preset}/{variant}: abandoned after {limit:.0f} s", flush=True)
                 continue
             if r.returncode != 0:
                 print(f"{preset}/{variant} failed: {r.stderr[-3000:]}", flush=True)

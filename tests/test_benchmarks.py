@@ -7,6 +7,7 @@ rotting when the code they drive changes.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -29,3 +30,28 @@ def test_benchmark_answers_help(script):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "python benchmarks/" in r.stdout, r.stdout[:500]  # the usage line of its docstring
+
+
+def test_gpu_benchmark_runs_without_ray(tmp_path):
+    """The GPU image has torch and transformers but no Ray (docs/performance.md): bench_train.py's
+    step variants must run there. A `ray` package that fails to import stands in for its absence
+    (a run on a GPU once trained every variant and then died importing Ray for the MFU figure)."""
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text("raise ImportError('no Ray on the GPU image')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    cmd = [sys.executable, "benchmarks/bench_train.py", "--device", "cpu", "--preset", "tiny"]
+    cmd += ["--variants", "plain", "--batch", "2", "--steps", "1", "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["plain_steps_per_s"] > 0, r.stdout[-2000:]
+
+
+def test_bench_budget_skips_what_no_longer_fits_and_still_prints_json():
+    """gpu_check.sh gives each stage a --budget: a variant that no longer fits is skipped (not killed
+    with the figures of those before it), and the last line is still the JSON object."""
+    cmd = [sys.executable, "benchmarks/bench_train.py", "--device", "cpu", "--preset", "tiny"]
+    cmd += ["--variants", "plain", "--budget", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tiny/plain: skipped, the --budget of 1 s is spent" in r.stdout, r.stdout
+    assert json.loads(r.stdout.strip().splitlines()[-1])["plain_steps_per_s"] is None

@@ -175,6 +175,11 @@ def test_fast_step_matches_plain_step(device, flat, overlap, fallback_random):
         for p in fast.parameters():
             assert p.untyped_storage().data_ptr() == step.flat[0].untyped_storage().data_ptr()
             assert p.grad.untyped_storage().data_ptr() == step.flat[1].untyped_storage().data_ptr()
+            # each view starts where a tensor of its own would (on CUDA, kernels assume >= 16-byte
+            # alignment: the discriminator head's one-element bias once shifted every later view by 4
+            # bytes, and the first CUDA run of this test died of "misaligned address")
+            moments = opt_f.state[p]["exp_avg"], opt_f.state[p]["exp_avg_sq"]
+            assert all(t.storage_offset() * t.element_size() % 256 == 0 for t in (p, p.grad, *moments))
     rtol = 3e-2 if gpu else 1e-5
     for k in range(3):
         want, norm = _plain_step(plain, opt_p, batch, dens, seed=11 + k, lr=1e-3)
@@ -347,7 +352,8 @@ def test_buckets_all_reduced_during_a_compiled_backward(device, tmp_path, fallba
             all_reduce=True, bucket_mb=0.1, accum=2,
         )  # fmt: skip
         state = step.state()  # 100 KB buckets (the fewer the pieces, the quicker the compilation)
-        assert state["cut"] and state["buckets"] >= 4 and state["graphs"] == (device == "cuda")
+        # graphs are captured at the first micro-step, not yet
+        assert state["cut"] and state["buckets"] >= 4 and not state["graphs"]
         _, _, ref, (_, ref_opt), ref_batch, ref_dens = _setup("cpu")
         ref_step = _half_batch_step(cfg, ref, ref_opt, world=1)
         gpu = device == "cuda"
@@ -359,6 +365,7 @@ def test_buckets_all_reduced_during_a_compiled_backward(device, tmp_path, fallba
             torch.testing.assert_close(
                 step.grad_norm.cpu(), ref_step.grad_norm, rtol=1e-1 if gpu else 1e-5, atol=1e-6
             )
+        assert step.state()["graphs"] == gpu  # on CUDA the NCCL collectives were captured with the kernels
         n_params = len(list(model.parameters()))
         assert len(step.launched) == state["buckets"] and step.launched[-1] == n_params
         assert step.launched[0] < n_params // 2

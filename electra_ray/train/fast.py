@@ -61,6 +61,29 @@ from electra_ray.model.masking import Masks, draw_masks, step_generator
 from electra_ray.train.data import InstanceArrays
 from electra_ray.train.optim import adam_update
 
+PEAK_FLOPS = {  # dense bf16/fp16 tensor-core peaks per GPU, for MFU
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10G": 125e12,
+    "A10": 125e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
+
+
+def peak_flops(device) -> float | None:
+    """The device's peak FLOP/s (None on CPU or an unknown GPU: MFU is then not reported)."""
+    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_FLOPS.items():
+        if key in name:
+            return value
+    return None
+
 
 def bf16_autocast(device: torch.device) -> bool:
     """bf16 autocast on GPUs that compute in bf16 (compute capability 8.0 and up: A100, A10G, L4,
@@ -189,6 +212,9 @@ def _update(groups, lr, enable, clip_norm, betas, eps):
         adam_update(params, gs, ms, vs, lr=lr, betas=betas, eps=eps, weight_decay=wd, ok=ok)
     torch._foreach_zero_(grads)
     return norm, ok
+
+
+ALIGN_BYTES = 256  # where each tensor starts in the flat buffers, as cudaMalloc aligns a tensor of its own
 
 
 @torch.no_grad()
@@ -337,8 +363,9 @@ class FastStep:
         params = [p for g in groups for p in g]
         if len({(p.dtype, p.device) for p in params}) != 1:
             return  # mixed dtypes or devices: keep the per-tensor update
-        total = sum(p.numel() for p in params)
         ref = params[0]
+        align = max(1, ALIGN_BYTES // ref.element_size())
+        total = sum(-(-p.numel() // align) * align for p in params)
         flat = tuple(torch.zeros(total, dtype=ref.dtype, device=ref.device) for _ in range(4))
         off = 0
         for group, ps in zip(self.opt.param_groups, groups):
@@ -356,7 +383,7 @@ class FastStep:
                         view.copy_(st[k])
                     st[k] = view
                 self._offset[id(p)] = off
-                off += n
+                off += -(-n // align) * align  # the gap stays zero in all four buffers
             self.segments.append((start, off, group["weight_decay"]))
         self.flat = flat
 

@@ -52,8 +52,7 @@ from electra_ray.train.data import (
     rows_digest,
     split_rows,
 )
-from electra_ray.train.fast import DeviceInstances, FastStep, bf16_autocast, fast_step_enabled
-from electra_ray.train.metrics import peak_flops
+from electra_ray.train.fast import DeviceInstances, FastStep, bf16_autocast, fast_step_enabled, peak_flops
 from electra_ray.train.optim import lr_factor, optimizer_for
 
 # the settings a resume must share with the checkpoint it continues

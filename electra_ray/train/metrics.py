@@ -23,32 +23,6 @@ from ray.train.v2._internal.execution.callback import ControllerCallback
 
 from electra_ray import storage
 
-PEAK_FLOPS = {  # dense bf16/fp16 tensor-core peaks per GPU, for MFU
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10G": 125e12,
-    "A10": 125e12,
-    "V100": 125e12,
-    "T4": 65e12,
-}
-
-
-def peak_flops(device) -> float | None:
-    """The device's peak FLOP/s (None on CPU or an unknown GPU: MFU is then not reported)."""
-    import torch
-
-    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_FLOPS.items():
-        if key in name:
-            return value
-    return None
-
-
 TB_PREFIX = "electra-tb-"  # the local TensorBoard folder: storage.scratch_folder(TB_PREFIX), by the driver
 
 WRITE_EVERY_S = 5.0  # at most one write of the run folder's metrics files per this many seconds
