@@ -543,6 +543,11 @@ class FastStep:
                 sampled = torch.cuda.Event()
                 sampled.record(side)
             gen_grads = torch.autograd.grad(gen_loss, self._params, allow_unused=True)
+            # the loss holds its graph's nodes, among them the shared embeddings' AccumulateGrad
+            # node, made on the side stream: alive, the discriminator's half would reuse it, and the
+            # autograd engine would sync its main-stream gradients through the side stream (on CUDA:
+            # "The AccumulateGrad node's stream does not match ...")
+            del gen_loss
         if side is not None:
             main.wait_event(sampled)
             for t in (disc_input, is_replaced):
