@@ -460,11 +460,42 @@ VARIANTS = {
 }
 
 
+def parse_inductor(items: list[str], ap: argparse.ArgumentParser) -> dict:
+    """--inductor KEY=VALUE settings, checked against torch._inductor.config and typed like the
+    setting they replace (a Python literal: True, 4, 'name')."""
+    import ast
+
+    import torch._inductor.config as ic
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            ap.error(f"--inductor {item!r}: expected KEY=VALUE")
+        if not hasattr(ic, key):
+            ap.error(f"--inductor {item!r}: torch._inductor.config has no setting {key!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        current = getattr(ic, key)
+        if current is not None and not isinstance(value, type(current)):
+            ap.error(f"--inductor {item!r}: {key} is a {type(current).__name__} (now {current!r})")
+        out[key] = value
+    return out
+
+
 def child(spec: str) -> None:
     global THREADS, VOCAB
     a = json.loads(spec)
     THREADS = a.get("threads") or THREADS
     VOCAB = a.get("vocab") or VOCAB
+    inductor = a.get("inductor") or {}
+    if inductor:  # Inductor's settings are global: every compile of this variant's process uses them
+        import torch._inductor.config as ic
+
+        for key, value in inductor.items():
+            setattr(ic, key, value)
     res = VARIANTS[a["variant"]](a["preset"], a["device"], a["batch"], a["steps"], a["warmup"])
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(res))
@@ -504,6 +535,15 @@ def main() -> None:
         "fit are skipped, and the JSON line is printed all the same (a limit from outside would "
         "kill the run before it)",
     )
+    ap.add_argument(
+        "--inductor",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an Inductor setting for the compiled variants (torch._inductor.config; repeatable), "
+        "e.g. combo_kernels=True (independent small kernels launched as one) or "
+        "coordinate_descent_tuning=True; recorded in the JSON",
+    )
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child:
@@ -518,6 +558,7 @@ def main() -> None:
     for v in variants:
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    inductor = parse_inductor(a.inductor, ap)
     steps = a.steps or ((20 if a.quick else 100) if gpu else (2 if a.quick else 6))
     warmup = (5 if a.quick else 10) if gpu else 1
     figures: dict = {
@@ -531,6 +572,7 @@ def main() -> None:
         "seq_len": SEQ,
         "vocab": a.vocab,
         "steps": steps,
+        "inductor": inductor,
     }
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     deadline = time.monotonic() + a.budget if a.budget else None
@@ -547,6 +589,7 @@ def main() -> None:
                 warmup=warmup,
                 threads=a.threads,
                 vocab=a.vocab,
+                inductor=inductor,
             )
             limit = a.timeout if deadline is None else min(a.timeout, deadline - time.monotonic())
             if limit < 5:

@@ -7,7 +7,9 @@
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
 #   STAGES="small ray" … runs only those stages (of: small base buckets tests ray; all by default);
 #   SMALL_VARIANTS / BASE_VARIANTS pick bench_train.py variants, VARIANT_S each one's limit, TEST_K a
-#   pytest -k expression (TEST_K=cuda: the CUDA cases alone).
+#   pytest -k expression (TEST_K=cuda: the CUDA cases alone), INDUCTOR Inductor settings for the
+#   bench stages (bench_train.py --inductor; e.g. INDUCTOR="combo_kernels=True"), TAG a suffix
+#   for their logs' names.
 #   Their time limits (SMALL_S 360, BASE_S 300, BUCKETS_S 300, TEST_S 240 s; the ray stage's RUN1_S
 #   220 + RUN2_S 120 + BENCH_S 120 + 60 s) add up to more than a session's 15 device minutes with
 #   the machine's start: pick. The tests stage includes the bucketed all-reduce captured with NCCL
@@ -18,7 +20,8 @@
 # small fast 101 s (74 s of it compiling), pertensor 34 s (Inductor's cache), base fast 89 s;
 # tests -k cuda 60 s; overlap's two halves need more than the ~80 s they were left.
 # Still to run on a GPU (docs/performance.md), e.g. one call, timeout_s 560:
-#   OUT=$OUT STAGES='tests small' TEST_K='cuda and buckets' SMALL_VARIANTS=overlap,fast,plain SMALL_S=420 VARIANT_S=220 bash benchmarks/gpu_check.sh
+#   OUT=$OUT STAGES='tests small' TEST_K='cuda and buckets' SMALL_VARIANTS=overlap,fast,plain SMALL_S=300 VARIANT_S=200 bash benchmarks/gpu_check.sh;
+#   OUT=$OUT STAGES=small SMALL_VARIANTS=fast INDUCTOR=combo_kernels=True TAG=_combo SMALL_S=150 bash benchmarks/gpu_check.sh
 # and, with the wheels (`make demo && .venv/bin/python benchmarks/gpu_wheels.py`), Ray Train on a GPU:
 #   command "OUT=$OUT STAGES=ray bash benchmarks/gpu_check.sh", timeout_s 560,
 #     carry [".whl", "demo_output/instances", "demo_output/tokenizer"]
@@ -34,21 +37,23 @@ stamp "card"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers, sys; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/gpu.txt"
 STAGES=" ${STAGES:-small base buckets tests ray} "
+IND=(); for x in ${INDUCTOR:-}; do IND+=(--inductor "$x"); done  # e.g. INDUCTOR="combo_kernels=True"
+TAG=${TAG:-}  # a suffix for the bench logs' names (two runs of a stage in one call)
 on() { [[ "$STAGES" == *" $1 "* ]]; }
 if on small; then
 stamp "bench small"
-timeout $(( ${SMALL_S:-360} + 30 )) $PY benchmarks/bench_train.py --budget "${SMALL_S:-360}" --device cuda --preset small --variants "${SMALL_VARIANTS:-plain,hf,fast,overlap,pertensor,compiled}" \
-  --steps "${STEPS:-60}" --timeout "${VARIANT_S:-200}" 2>&1 | tee "$OUT/bench_small.log"
+timeout $(( ${SMALL_S:-360} + 30 )) $PY benchmarks/bench_train.py ${IND[@]+"${IND[@]}"} --budget "${SMALL_S:-360}" --device cuda --preset small --variants "${SMALL_VARIANTS:-plain,hf,fast,overlap,pertensor,compiled}" \
+  --steps "${STEPS:-60}" --timeout "${VARIANT_S:-200}" 2>&1 | tee "$OUT/bench_small$TAG.log"
 fi
 if on base; then
 stamp "bench base"
-timeout $(( ${BASE_S:-300} + 30 )) $PY benchmarks/bench_train.py --budget "${BASE_S:-300}" --device cuda --preset base --variants "${BASE_VARIANTS:-plain,hf,fast,overlap}" \
-  --steps "${STEPS:-30}" --timeout "${VARIANT_S:-150}" 2>&1 | tee "$OUT/bench_base.log"
+timeout $(( ${BASE_S:-300} + 30 )) $PY benchmarks/bench_train.py ${IND[@]+"${IND[@]}"} --budget "${BASE_S:-300}" --device cuda --preset base --variants "${BASE_VARIANTS:-plain,hf,fast,overlap}" \
+  --steps "${STEPS:-30}" --timeout "${VARIANT_S:-150}" 2>&1 | tee "$OUT/bench_base$TAG.log"
 fi
 if on buckets; then
 stamp "bench buckets (the step of one of several workers, on a one-rank NCCL group)"
-timeout $(( ${BUCKETS_S:-300} + 30 )) $PY benchmarks/bench_train.py --budget "${BUCKETS_S:-300}" --device cuda --preset small,base --variants buckets,allreduce \
-  --steps "${STEPS:-30}" --timeout 140 2>&1 | tee "$OUT/bench_buckets.log"
+timeout $(( ${BUCKETS_S:-300} + 30 )) $PY benchmarks/bench_train.py ${IND[@]+"${IND[@]}"} --budget "${BUCKETS_S:-300}" --device cuda --preset small,base --variants buckets,allreduce \
+  --steps "${STEPS:-30}" --timeout 140 2>&1 | tee "$OUT/bench_buckets$TAG.log"
 fi
 if on tests; then
 stamp "fast-step tests on CUDA"

@@ -50,8 +50,24 @@ def test_bench_budget_skips_what_no_longer_fits_and_still_prints_json():
     """gpu_check.sh gives each stage a --budget: a variant that no longer fits is skipped (not killed
     with the figures of those before it), and the last line is still the JSON object."""
     cmd = [sys.executable, "benchmarks/bench_train.py", "--device", "cpu", "--preset", "tiny"]
-    cmd += ["--variants", "plain", "--budget", "1"]
+    cmd += ["--variants", "plain", "--budget", "1", "--inductor", "combo_kernels=True"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tiny/plain: skipped, the --budget of 1 s is spent" in r.stdout, r.stdout
-    assert json.loads(r.stdout.strip().splitlines()[-1])["plain_steps_per_s"] is None
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    assert figures["plain_steps_per_s"] is None and figures["inductor"] == {"combo_kernels": True}
+
+
+@pytest.mark.parametrize(
+    "setting,error",
+    [
+        ("nosuch=1", "torch._inductor.config has no setting 'nosuch'"),
+        ("combo_kernels=3", "combo_kernels is a bool (now False)"),
+        ("combo_kernels", "expected KEY=VALUE"),
+    ],
+)
+def test_bench_inductor_settings_are_checked(setting, error):
+    cmd = [sys.executable, "benchmarks/bench_train.py", "--device", "cpu", "--preset", "tiny"]
+    cmd += ["--variants", "fast", "--inductor", setting]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and error in r.stderr, r.stderr[-2000:]
