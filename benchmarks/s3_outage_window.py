@@ -50,11 +50,12 @@ def main() -> int:
     ap.add_argument("--long", type=float, default=300.0, help="seconds of the cut that outlasts the retries")
     a = ap.parse_args()
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
     import boto3
-    import pyarrow.fs as pafs
     from moto.server import ThreadedMotoServer
     from relay import FlakyProxy
+
+    from electra_ray import storage
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "benchmark")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "benchmark")
@@ -67,14 +68,13 @@ def main() -> int:
     endpoint = f"http://127.0.0.1:{port}"
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="outage")
     proxy = FlakyProxy(endpoint)
+    os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     rows = []
     try:
         for n in (int(x) for x in a.attempts.split(",")):
-            fs = pafs.S3FileSystem(
-                region="us-east-1",
-                endpoint_override=proxy.endpoint,
-                retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=n),
-            )
+            os.environ["AWS_MAX_ATTEMPTS"] = str(n)  # the filesystem the project builds, n attempts
+            fs = storage.pyarrow_filesystem("s3://outage")
             short = write_through_cut(fs, f"outage/short-{n}.json", proxy, a.outage)
             long = write_through_cut(fs, f"outage/long-{n}.json", proxy, a.long)
             row = {"attempts": n, f"outage_{a.outage:g}s": short, f"outage_{a.long:g}s": long}

@@ -3,6 +3,7 @@ becomes unreachable for a while. Used by the fault tests and benchmarks/s3_outag
 
 from __future__ import annotations
 
+import socket
 import threading
 
 
@@ -11,8 +12,6 @@ class FlakyProxy:
     reset and new ones closed at once (what a client sees when the endpoint is unreachable)."""
 
     def __init__(self, target: str) -> None:
-        import socket
-
         self.target = ("127.0.0.1", int(target.rsplit(":", 1)[1]))
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -25,8 +24,6 @@ class FlakyProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        import socket
-
         while True:
             try:
                 client, _ = self.sock.accept()
@@ -59,8 +56,6 @@ class FlakyProxy:
                 pass
 
     def cut(self) -> None:
-        import socket
-
         self.up = False
         for pair in self.conns:
             for s in pair:

@@ -365,7 +365,11 @@ class FastStep:
             return  # mixed dtypes or devices: keep the per-tensor update
         ref = params[0]
         align = max(1, ALIGN_BYTES // ref.element_size())
-        total = sum(-(-p.numel() // align) * align for p in params)
+
+        def padded(n: int) -> int:  # the room a tensor of n elements takes; the gap stays zero
+            return -(-n // align) * align
+
+        total = sum(padded(p.numel()) for p in params)
         flat = tuple(torch.zeros(total, dtype=ref.dtype, device=ref.device) for _ in range(4))
         off = 0
         for group, ps in zip(self.opt.param_groups, groups):
@@ -383,7 +387,7 @@ class FastStep:
                         view.copy_(st[k])
                     st[k] = view
                 self._offset[id(p)] = off
-                off += -(-n // align) * align  # the gap stays zero in all four buffers
+                off += padded(n)
             self.segments.append((start, off, group["weight_decay"]))
         self.flat = flat
 
