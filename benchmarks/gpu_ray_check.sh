@@ -49,6 +49,12 @@ args=(--data "$DATA/instances" --tokenizer "$DATA/tokenizer" --storage-path "$RU
       --eval-every 1000 --eval-instances 256)
 stamp "pretrain.py --preset $PRESET ${GPU_FLAG[*]}, $STEPS1 steps"
 timeout "${RUN1_S:-220}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS1" 2>&1 | quiet "$OUT/ray_run.log"
+rc=${PIPESTATUS[0]}
+if [ "$rc" != 0 ]; then  # nothing to resume, export or compare: keep the device time
+  stamp "the first run ended with status $rc (124: its ${RUN1_S:-220} s ran out); the rest is skipped"
+  cp "$RUNS/run/metrics.jsonl" "$OUT/ray_metrics.jsonl" 2>/dev/null
+  exit 1
+fi
 stamp "the same run resumed to $STEPS2 steps"
 timeout "${RUN2_S:-120}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
 cp "$RUNS/run/metrics.jsonl" "$OUT/ray_metrics.jsonl" 2>/dev/null

@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--num-workers", type=workers, default=(1, 1), help="N, or MIN:MAX for an elastic run")
     p.add_argument("--use-gpu", action="store_true", help=h("use_gpu"))
     p.add_argument("--fast-step", choices=("auto", "on", "off"), default="auto", help=h("fast_step"))
+    p.add_argument("--fast-overlap", choices=("auto", "on", "off"), default="auto", help=h("fast_overlap"))
     for flag, typ in (
         ("max_steps", int),
         ("total_steps", int),
@@ -89,6 +90,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "preset",
             "use_gpu",
             "fast_step",
+            "fast_overlap",
             "allreduce_bucket_mb",
             "max_steps",
             "total_steps",

@@ -8,6 +8,7 @@ and Inductor's ``fallback_random`` on, so both steps draw the same Gumbel noise.
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,15 @@ from electra_ray.config import ConfigError, TrainConfig, model_preset
 from electra_ray.model.electra import ElectraPretrainer
 from electra_ray.model.masking import draw_masks, step_generator
 from electra_ray.train.data import InstanceArrays, build_batch
-from electra_ray.train.fast import DeviceInstances, FastStep, bf16_autocast, fast_step_enabled
+from electra_ray.train.fast import (
+    DataWaitClock,
+    DeviceInstances,
+    FastStep,
+    bf16_autocast,
+    fast_overlap_enabled,
+    fast_step_enabled,
+    wait_from_spans,
+)
 from electra_ray.train.optim import make_optimizer
 
 CLS, SEP, PAD, MASK = 1, 2, 3, 4
@@ -72,6 +81,46 @@ def test_masks_on_the_device_follow_the_same_rules():
         for g in (step_generator(5, 9), step_generator(5, 9, "cpu"))
     )
     assert torch.equal(a.positions, b.positions) and torch.equal(a.show_mask, b.show_mask)
+
+
+def test_data_wait_runs_from_each_steps_end_to_the_next_batch():
+    # device-clock seconds (start, batch built, step done): 1 ms batches in 10 ms steps, the third
+    # step's batch started 5 ms after the second step ended (the device waited for the host)
+    spans = [(0.0, 0.001, 0.010), (0.010, 0.011, 0.020), (0.025, 0.026, 0.035)]
+    assert wait_from_spans(spans) == pytest.approx(0.001 + 0.001 + 0.006)
+    assert wait_from_spans(spans[:1]) == pytest.approx(0.001)  # nothing before the first
+    assert wait_from_spans([]) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_data_wait_clock_tells_a_slow_host_from_a_busy_device(device):
+    dev = torch.device(device)
+    x = torch.randn(2048, 2048, device=dev)
+
+    def steps(clock, host_s, device_work):
+        for _ in range(6):
+            clock.start()
+            time.sleep(host_s)  # the host preparing a batch
+            x[:8] + 1  # the batch built on the device
+            clock.built()
+            for _ in range(device_work):
+                x @ x
+            clock.done()
+        return clock.take()
+
+    clock = DataWaitClock(dev, gpu_events=True)
+    assert clock.events == (device == "cuda")
+    # a host that takes 20 ms for each batch, a device with little to do: it waits for the host
+    wait = steps(clock, 0.02, 1)
+    assert wait >= 6 * 0.02 * 0.9, wait
+    assert clock.take() == 0.0  # a new window
+    if device == "cuda":
+        # a device busy for much longer than the host's 2 ms per batch: the host runs ahead and
+        # the device waits only for the first batch (host time would have counted 6 × 2 ms)
+        steps(clock, 0.0, 40)  # warm-up
+        torch.cuda.synchronize()
+        wait = steps(clock, 0.002, 40)
+        assert wait < 0.005, wait
 
 
 def _setup(device):
@@ -332,6 +381,12 @@ def test_fast_step_setting():
     assert fast_step_enabled("on", cpu) and not fast_step_enabled("off", cuda)
     with pytest.raises(ConfigError, match="--fast-step must be auto, on or off"):
         TrainConfig(tokenizer="t", storage_path="s", name="n", data="d", fast_step="yes")
+    # the generator's backward on a side stream: by default for one GPU worker only
+    assert fast_overlap_enabled("auto", cuda, 1)
+    assert not fast_overlap_enabled("auto", cuda, 2) and not fast_overlap_enabled("auto", cpu, 1)
+    assert fast_overlap_enabled("on", cpu, 2) and not fast_overlap_enabled("off", cuda, 1)
+    with pytest.raises(ConfigError, match="--fast-overlap must be auto, on or off"):
+        TrainConfig(tokenizer="t", storage_path="s", name="n", data="d", fast_overlap="1")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from typing import Any
 
@@ -52,7 +53,15 @@ from electra_ray.train.data import (
     rows_digest,
     split_rows,
 )
-from electra_ray.train.fast import DeviceInstances, FastStep, bf16_autocast, fast_step_enabled, peak_flops
+from electra_ray.train.fast import (
+    DataWaitClock,
+    DeviceInstances,
+    FastStep,
+    bf16_autocast,
+    fast_overlap_enabled,
+    fast_step_enabled,
+    peak_flops,
+)
 from electra_ray.train.optim import lr_factor, optimizer_for
 
 # the settings a resume must share with the checkpoint it continues
@@ -207,6 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             world=world,
             bucket_mb=tcfg.allreduce_bucket_mb,
             accum=accum,
+            overlap=fast_overlap_enabled(tcfg.fast_overlap, device, world),
         )
         if rank == 0:
             n = len(fast.buckets)
@@ -216,14 +226,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 if n
                 else f"; {world} workers, one all-reduce of the flat gradients per step"
             )
+            side = (  # --fast-overlap
+                "; the generator's backward pass on a second CUDA stream"
+                if device.type == "cuda"
+                else "; the generator's and the discriminator's halves compiled apart"
+            )
             print(
                 f"fast step: compiling{' and capturing CUDA graphs' if fast.graphs else ''}"
-                f"{reduce if world > 1 else ''}…",
+                f"{side if fast.overlap else ''}{reduce if world > 1 else ''}…",
                 flush=True,
             )
         took = fast.warm_up()
         if rank == 0:
             print(f"fast step ready in {took:.0f} s", flush=True)
+        # the update runs in the fast step's own graph, never through optimizer.step(): the
+        # scheduler's first step would warn that the optimizer has not stepped
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
     # the token ids on the GPU: batches are gathered and masked there (fast step on CUDA)
     on_device = DeviceInstances(arrays, device) if fast is not None and device.type == "cuda" else None
     acc = fast.acc if fast else torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
@@ -245,7 +263,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     last_good = snapshot()
     flops_tok = flops_per_token(mcfg, seq_len)
     peak = peak_flops(device)
-    t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0
+    t_last, steps_since = time.perf_counter(), 0
+    waits = DataWaitClock(device, gpu_events=on_device is not None)  # see its docstring
     report_wait = 0.0  # seconds the last ray.train.report blocked (see trainer.REPORT_POLL_S)
     upload_wait = 0.0  # seconds the last checkpoint waited for the previous one's upload to end
     upload_due = False  # the last report started a checkpoint upload: report it after the loop
@@ -284,7 +303,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # ----------------------------------------------------------------------------------- loop
     ddp_model.train()
     while prog.step < tcfg.max_steps:
-        t0 = time.perf_counter()
+        waits.start()
         cursor = prog.cursor
         rows = train_rows[global_rows(cursor, tcfg.batch_size, n_train, tcfg.seed)]
         if on_device is not None:
@@ -311,7 +330,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         gen_den = masks.valid.sum().clamp(min=1).to(device, torch.float32)
         disc_den = g_att.sum().clamp(min=1).to(device, torch.float32)
         digest += rows_digest(rows[lo : lo + share], cursor)
-        data_wait += time.perf_counter() - t0
+        waits.built()
         for a in range(accum):
             r0, r1 = lo + a * micro, lo + (a + 1) * micro
             ids, types, att = g_ids[r0:r1].to(device), g_types[r0:r1].to(device), g_att[r0:r1].to(device)
@@ -364,6 +383,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             bad += (~ok).double()
             opt.zero_grad(set_to_none=True)
         sched.step()
+        waits.done()
         prog.step += 1
         prog.cursor += 1
         steps_since += 1
@@ -386,6 +406,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         bad.zero_()
         digest = 0
         dt = time.perf_counter() - t_last
+        data_wait = waits.take()
         prog.tokens_seen += int(metrics["tokens"])
         prog.nonfinite_steps += n_bad
         since_ckpt_bad += n_bad
@@ -398,7 +419,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             tokens_per_s=tokens_s,
             steps_per_s=steps_since / dt,
             tflops_per_s=tokens_s * flops_tok / 1e12,
-            data_wait_share=data_wait / dt,
+            data_wait_share=data_wait / dt,  # see DataWaitClock
             report_wait_share=report_wait / dt,
             upload_wait_share=upload_wait / dt,  # rank 0 waiting for a checkpoint upload to end
             workers=world,
@@ -447,7 +468,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 )
         elif step % tcfg.eval_every == 0 or step == tcfg.max_steps:
             metrics.update(evaluate())
-        t_last, data_wait, steps_since = time.perf_counter(), 0.0, 0
+        t_last, steps_since = time.perf_counter(), 0
         history.append(metrics)
         if rank == 0:
             print(
