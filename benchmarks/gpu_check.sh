@@ -18,13 +18,13 @@
 #   is skipped and the stage's JSON line is still printed.
 # Measured on one H200 (2026-11-29, a cold machine; its start took ~35 s of device time): card 12 s;
 # small fast 101 s (74 s of it compiling), pertensor 34 s (Inductor's cache), base fast 89 s;
-# tests -k cuda 60 s; overlap's two halves need more than the ~80 s they were left.
+# tests -k cuda 60 s. 2026-11-30: small overlap 88 s, fast 89 s; tests -k 'cuda and buckets' 67 s;
+# the ray stage 363 s (first run 150 s with a 77 s compile, resume 85 s, bench 98 s).
 # Still to run on a GPU (docs/performance.md), e.g. one call, timeout_s 560:
-#   OUT=$OUT STAGES='tests small' TEST_K='cuda and buckets' SMALL_VARIANTS=overlap,fast,plain SMALL_S=300 VARIANT_S=200 bash benchmarks/gpu_check.sh;
-#   OUT=$OUT STAGES=small SMALL_VARIANTS=fast INDUCTOR=combo_kernels=True TAG=_combo SMALL_S=150 bash benchmarks/gpu_check.sh
-# and, with the wheels (`make demo && .venv/bin/python benchmarks/gpu_wheels.py`), Ray Train on a GPU:
-#   command "OUT=$OUT STAGES=ray bash benchmarks/gpu_check.sh", timeout_s 560,
-#     carry [".whl", "demo_output/instances", "demo_output/tokenizer"]
+#   OUT=$OUT STAGES='small base' SMALL_VARIANTS=overlap INDUCTOR=combo_kernels=True TAG=_combo SMALL_S=150 BASE_VARIANTS=overlap,fast BASE_S=250 VARIANT_S=120 bash benchmarks/gpu_check.sh
+# and the job with the second stream and the GPU-clocked data wait (carry [".whl",
+# "demo_output/instances", "demo_output/tokenizer"]; `make demo && .venv/bin/python benchmarks/gpu_wheels.py`):
+#   command "OUT=$OUT STAGES=ray bash benchmarks/gpu_check.sh", timeout_s 560
 # Logs go to $OUT; the last lines of each bench log are its JSON.
 set -u
 OUT=${OUT:-bench_output}
