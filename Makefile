@@ -19,12 +19,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Torch first: the CPU wheel lies on disk; a plain `torch` requirement would pull a CUDA build.
-# pip byte-compiles what it installs: keep it so (with PYTHONDONTWRITEBYTECODE=1, as on CI, nothing
-# would cache the compiled modules and every Ray worker would compile torch and Ray from source).
+# The installed modules must be byte-compiled (with PYTHONDONTWRITEBYTECODE=1, as on CI, nothing
+# would cache them and every Ray worker would compile torch and Ray from source): compileall does
+# it on every core (pip alone does it on one: 215 s against 173 s for the whole install, 2 cores).
+# Like pip, it skips the few files that are not Python 3.11 (torch's py312 test helpers).
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-compile torch==$(TORCH_VERSION)
+	$(PIP) install -q --no-compile -e '.[dev]'
+	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,24 +1,51 @@
 """Where a fast step's time goes: torch.profiler over a few steps, and the optimizer update alone.
 
-    python benchmarks/profile_step.py --preset small [--steps 10]                  # on a GPU
+    python benchmarks/profile_step.py --preset small [--steps 10] [--overlap]      # on a GPU
     python benchmarks/profile_step.py --device cpu --preset small --batch 4 --steps 2
     … --update pertensor                                                            # the update before
 
 On a GPU: kernels per step, kernel time per step and the top kernels (CUDA graphs off, so each
-kernel shows). On the CPU: the host-side operators per step, counted by name (what would be
-launches on a GPU: gradient accumulations, GEMMs, foreach ops). Both then time the update alone
-(clip, non-finite skip, Adam; `--update flat`, the default, or `pertensor`) on random gradients.
+kernel shows), the kernel time by kind (GEMMs, attention, Triton's fused kernels, the rest) and by
+CUDA stream (with `--overlap`, the job's default on one GPU, the generator's backward pass runs on a
+second stream: what is left on the first is the step's critical path). On the CPU: the host-side
+operators per step, counted by name (what would be launches on a GPU: gradient accumulations, GEMMs,
+foreach ops). Both then time the update alone (clip, non-finite skip, Adam; `--update flat`, the
+default, or `pertensor`) on random gradients.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def kernel_kind(name: str) -> str:
+    """A GPU kernel's kind, from its name (cuBLAS/CUTLASS GEMMs, attention, Inductor's Triton)."""
+    low = name.lower()
+    if any(k in low for k in ("fmha", "flash", "attention", "cudnn")):
+        return "attention"
+    if any(k in low for k in ("gemm", "cutlass", "nvjet", "xmma", "cublas")):
+        return "gemm"
+    if low.startswith("triton"):
+        return "triton"
+    return "other"
+
+
+def kernel_totals(kernels: list[dict], key) -> dict:
+    """{key: (kernels, microseconds)} over a Chrome trace's kernel events."""
+    out: dict = collections.defaultdict(lambda: [0, 0.0])
+    for e in kernels:
+        row = out[key(e)]
+        row[0] += 1
+        row[1] += float(e.get("dur", 0.0))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def main() -> None:
@@ -35,6 +62,7 @@ def main() -> None:
         help="flat buffers and a compiled update (the default) or the per-tensor foreach update",
     )
     ap.add_argument("--update-iters", type=int, default=10, help="updates timed after the first")
+    ap.add_argument("--overlap", action="store_true", help="the generator's backward on a second stream")
     a = ap.parse_args()
     import torch
     from bench_train import SEQ, SPECIAL, fast_setup  # benchmarks/ is on sys.path
@@ -44,12 +72,16 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     # graphs off: the profiler sees each kernel (a replayed graph shows as one launch)
     cfg, fast, data, order = fast_setup(
-        a.preset, a.device, a.batch, a.steps + 20, graphs=False, flat=a.update == "flat"
+        a.preset, a.device, a.batch, a.steps + 20, graphs=False, flat=a.update == "flat", overlap=a.overlap
     )
     slots = cfg.max_predictions(SEQ)
     t = time.perf_counter()
     fast.warm_up()
-    print(f"{a.preset} on {a.device}, {a.update} update: compile {time.perf_counter() - t:.0f} s", flush=True)
+    print(
+        f"{a.preset} on {a.device}, {a.update} update{', overlap' if a.overlap else ''}: "
+        f"compile {time.perf_counter() - t:.0f} s",
+        flush=True,
+    )
 
     def one(step):
         ids, types, att = data.batch(order[step * a.batch : (step + 1) * a.batch], SEQ, 3)
@@ -71,6 +103,17 @@ def main() -> None:
         busy = sum(getattr(e, "device_time", 0) or getattr(e, "cuda_time", 0) for e in events) / 1e3 / a.steps
         print(f"{len(events) / a.steps:.0f} kernels per step, {busy:.2f} ms of kernel time per step")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top, max_name_column_width=70))
+        trace = os.path.join(tempfile.mkdtemp(prefix="profile_step_"), "trace.json")
+        prof.export_chrome_trace(trace)
+        with open(trace) as f:
+            kernels = [e for e in json.load(f).get("traceEvents", []) if e.get("cat") == "kernel"]
+        for title, key in (
+            ("kind", lambda e: kernel_kind(e["name"])),
+            ("stream", lambda e: e.get("args", {}).get("stream")),
+        ):
+            print(f"kernel time per step by {title}:")
+            for k, (n, us) in sorted(kernel_totals(kernels, key).items(), key=lambda kv: -kv[1][1]):
+                print(f"  {str(k):>10}: {n / a.steps:6.0f} kernels, {us / 1e3 / a.steps:6.2f} ms")
     else:
         counts = collections.Counter(e.name for e in prof.events())
         ops = {k: v / a.steps for k, v in counts.items() if k.startswith("aten::")}

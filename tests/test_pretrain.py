@@ -344,15 +344,13 @@ def test_fast_step_trains_like_the_plain_step(prepared, plain_run, tmp_path):
     workers (the flat gradient all-reduced during the backward pass) the fast step follows the
     one-worker fast run to float tolerance: the noise is keyed by micro-batch, not by worker. The
     non-finite loss injected at batch 4 goes through the skip. The one-worker fast run stops at its
-    step-3 checkpoint and is started again with ``--fast-overlap on`` (the halves compiled apart):
-    the resumed fast step (flat buffers rebuilt from the checkpoint) must still follow the
-    uninterrupted 2-worker run."""
+    step-3 checkpoint and is started again: the resumed fast step (flat buffers rebuilt from the
+    checkpoint) must still follow the uninterrupted 2-worker run."""
     runs = str(tmp_path)
     fast = {**PLAIN, "fast_step": "on"}
     first = pretrain(cfg(prepared, runs, "fast", **{**fast, "max_steps": 3}), **quiet)
     assert [h["step"] for h in first["history"]] == [1, 2, 3]
-    # resumed with the generator's and the discriminator's halves compiled apart (--fast-overlap)
-    s = pretrain(cfg(prepared, runs, "fast", **fast, fast_overlap="on"), **quiet)
+    s = pretrain(cfg(prepared, runs, "fast", **fast), **quiet)
     assert [h["step"] for h in s["history"]] == [4, 5, 6], "resumed from the step-3 checkpoint"
     hf = [json.loads(ln) for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
     # one bucket: the compiled graph is the one-worker run's (compiled once; the graph cut into
