@@ -5,7 +5,8 @@
 # Ray travel with it (benchmarks/gpu_wheels.py), pretraining under Ray Train
 # (benchmarks/gpu_ray_check.sh).
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
-#   STAGES="small ray" … runs only those stages (of: small base buckets tests ray; all by default);
+#   STAGES="small ray" … runs only those stages (of: small base buckets tests ray, all by default;
+#   and profile: profile_step.py --preset small --overlap, kernel time by kind and by stream);
 #   SMALL_VARIANTS / BASE_VARIANTS pick bench_train.py variants, VARIANT_S each one's limit, TEST_K a
 #   pytest -k expression (TEST_K=cuda: the CUDA cases alone), INDUCTOR Inductor settings for the
 #   bench stages (bench_train.py --inductor; e.g. INDUCTOR="combo_kernels=True"), TAG a suffix
@@ -13,7 +14,7 @@
 #   Their time limits (SMALL_S 360, BASE_S 300, BUCKETS_S 300, TEST_S 240 s; the ray stage's RUN1_S
 #   220 + RUN2_S 120 + BENCH_S 120 + 60 s) add up to more than a session's 15 device minutes with
 #   the machine's start: pick. The tests stage includes the bucketed all-reduce captured with NCCL
-#   in a CUDA graph (one-rank group): run it before trusting --allreduce-bucket-mb on GPUs.
+#   in a CUDA graph (one-rank group; passed on an H200, 2026-11-30).
 #   The small/base/buckets stage limits are bench_train.py's --budget: a variant that no longer fits
 #   is skipped and the stage's JSON line is still printed.
 # Measured on one H200 (2026-11-29, a cold machine; its start took ~35 s of device time): card 12 s;
@@ -21,6 +22,7 @@
 # tests -k cuda 60 s. 2026-11-30: small overlap 88 s, fast 89 s; tests -k 'cuda and buckets' 67 s;
 # the ray stage 363 s (first run 150 s with a 77 s compile, resume 85 s, bench 98 s).
 # Still to run on a GPU (docs/performance.md), e.g. one call, timeout_s 560:
+#   OUT=$OUT STAGES=profile PROFILE_S=200 bash benchmarks/gpu_check.sh   (where the 11.25 ms go now)
 #   OUT=$OUT STAGES='small base' SMALL_VARIANTS=overlap INDUCTOR=combo_kernels=True TAG=_combo SMALL_S=150 BASE_VARIANTS=overlap,fast BASE_S=250 VARIANT_S=120 bash benchmarks/gpu_check.sh
 # and the job with the second stream and the GPU-clocked data wait (carry [".whl",
 # "demo_output/instances", "demo_output/tokenizer"]; `make demo && .venv/bin/python benchmarks/gpu_wheels.py`):
@@ -54,6 +56,10 @@ if on buckets; then
 stamp "bench buckets (the step of one of several workers, on a one-rank NCCL group)"
 timeout $(( ${BUCKETS_S:-300} + 30 )) $PY benchmarks/bench_train.py ${IND[@]+"${IND[@]}"} --budget "${BUCKETS_S:-300}" --device cuda --preset small,base --variants buckets,allreduce \
   --steps "${STEPS:-30}" --timeout 140 2>&1 | tee "$OUT/bench_buckets$TAG.log"
+fi
+if on profile; then  # not in the default set: the step as the job runs it on one GPU, kernel by kernel
+stamp "profile: small, overlap (no graphs, so each kernel shows)"
+timeout "${PROFILE_S:-200}" $PY benchmarks/profile_step.py --preset small --overlap 2>&1 | tee "$OUT/profile$TAG.log"
 fi
 if on tests; then
 stamp "fast-step tests on CUDA"
