@@ -59,9 +59,11 @@ stamp "the same run resumed to $STEPS2 steps"
 timeout "${RUN2_S:-120}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
 cp "$RUNS/run/metrics.jsonl" "$OUT/ray_metrics.jsonl" 2>/dev/null
 VOCAB=$(wc -l < "$DATA/tokenizer/vocab.txt")
+# the step the job ran: on one GPU with --fast-overlap auto, the generator's backward on a second stream
+export VARIANT=${VARIANT:-overlap}
 if [ "$DEVICE" = cuda ]; then  # the same step outside Ray (same vocabulary and shapes): the overhead
-  stamp "the fast step without Ray, vocabulary $VOCAB"
-  timeout "${BENCH_S:-120}" $PY benchmarks/bench_train.py --device cuda --preset "$PRESET" --variants fast \
+  stamp "the fast step ($VARIANT) without Ray, vocabulary $VOCAB"
+  timeout "${BENCH_S:-120}" $PY benchmarks/bench_train.py --device cuda --preset "$PRESET" --variants "$VARIANT" \
     --vocab "$VOCAB" --steps 300 --timeout 110 2>&1 | tee "$OUT/ray_bench.log"
 fi
 stamp "export"
@@ -80,7 +82,7 @@ out = {"steps": rows[-1]["step"], "steps_per_s": [round(r["steps_per_s"], 1) for
        "gen_loss": [round(r["gen_loss"], 3) for r in train], "disc_loss": [round(r["disc_loss"], 4) for r in train]}
 bench = os.path.join(os.environ["OUT"], "ray_bench.log")
 lines = [l for l in open(bench) if l.startswith("{")] if os.path.exists(bench) else []
-fast = json.loads(lines[-1]).get("fast_steps_per_s") if lines else None
+fast = json.loads(lines[-1]).get(os.environ["VARIANT"] + "_steps_per_s") if lines else None
 if fast and train:
     windows = sorted(r["steps_per_s"] for r in train[1:] or train)
     ray_rate = windows[len(windows) // 2]  # the median report window (the first holds the graph warm-up)
