@@ -11,7 +11,8 @@ implementation, on the CPU or a GPU; on the CPU also our loop under Ray Train (i
            for small instead of a compiled loop over four flat tensors)
 (overlap)  the fast step with the generator's and the discriminator's halves compiled apart and, on
            a GPU, the generator's backward on a second stream beside the discriminator's forward
-           and backward (FastStep(overlap=True); both halves' kernels are small for `small`)
+           and backward (FastStep(overlap=True); both halves' kernels are small for `small`):
+           what the pretraining job runs on one GPU (--fast-overlap auto); `fast` is one stream
 (compiled) the same without CUDA graphs (a diagnostic: what the graphs add)
 (buckets)  the fast step as each of several workers runs it, on a one-rank process group (gloo;
            NCCL on a GPU): the forward compiled in pieces, the gradient all-reduced by 25 MiB
