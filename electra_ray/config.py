@@ -574,14 +574,10 @@ class TrainConfig(Config):
             self.allreduce_bucket_mb >= 0,
             f"--allreduce-bucket-mb must be >= 0, got {self.allreduce_bucket_mb}",
         )
-        _check(
-            self.fast_step in ("auto", "on", "off"),
-            f"--fast-step must be auto, on or off, not {self.fast_step!r}",
-        )
-        _check(
-            self.fast_overlap in ("auto", "on", "off"),
-            f"--fast-overlap must be auto, on or off, not {self.fast_overlap!r}",
-        )
+        for name in ("fast_step", "fast_overlap"):
+            value = getattr(self, name)
+            flag = "--" + name.replace("_", "-")
+            _check(value in ("auto", "on", "off"), f"{flag} must be auto, on or off, not {value!r}")
 
     @property
     def micro_batch(self) -> int:

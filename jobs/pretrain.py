@@ -48,8 +48,10 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     )
     p.add_argument("--num-workers", type=workers, default=(1, 1), help="N, or MIN:MAX for an elastic run")
     p.add_argument("--use-gpu", action="store_true", help=h("use_gpu"))
-    p.add_argument("--fast-step", choices=("auto", "on", "off"), default="auto", help=h("fast_step"))
-    p.add_argument("--fast-overlap", choices=("auto", "on", "off"), default="auto", help=h("fast_overlap"))
+    for name in ("fast_step", "fast_overlap"):
+        p.add_argument(
+            "--" + name.replace("_", "-"), choices=("auto", "on", "off"), default="auto", help=h(name)
+        )
     for flag, typ in (
         ("max_steps", int),
         ("total_steps", int),

@@ -167,8 +167,10 @@ def wait_from_spans(spans: list[tuple[float, float, float]]) -> float:
     its start) to the batch being built. That is the device building batches, and sitting idle
     while the host prepares them (or does anything else between two steps). The time before the
     window's first step is not counted (it is the previous report's)."""
-    wait = sum(b - a for a, b, _ in spans[:1])
-    return wait + sum(nxt[1] - prev[2] for prev, nxt in zip(spans, spans[1:]))
+    if not spans:
+        return 0.0
+    first = spans[0][1] - spans[0][0]
+    return first + sum(nxt[1] - prev[2] for prev, nxt in zip(spans, spans[1:]))
 
 
 class DataWaitClock:
