@@ -13,6 +13,9 @@ implementation, on the CPU or a GPU; on the CPU also our loop under Ray Train (i
            a GPU, the generator's backward on a second stream beside the discriminator's forward
            and backward (FastStep(overlap=True); both halves' kernels are small for `small`):
            what the pretraining job runs on one GPU (--fast-overlap auto); `fast` is one stream
+(inline)   `overlap` with each batch built on the main stream before its step: every other fast
+           variant, like the job, builds the next step's batch on a side stream during the step
+           (train.fast.BatchesAhead; on a GPU, else in line as here)
 (compiled) the same without CUDA graphs (a diagnostic: what the graphs add)
 (buckets)  the fast step as each of several workers runs it, on a one-rank process group (gloo;
            NCCL on a GPU): the forward compiled in pieces, the gradient all-reduced by 25 MiB
@@ -226,9 +229,11 @@ def run_fast(
     flat: bool = True,
     overlap: bool = False,
     bucket_mb: float | None = None,
+    ahead: bool = True,
 ) -> dict:
     import torch
 
+    from electra_ray.train.fast import BatchesAhead, device_batch
     from electra_ray.train.optim import lr_factor
 
     cfg, fast, data, order = fast_setup(
@@ -236,6 +241,14 @@ def run_fast(
     )
     slots = cfg.max_predictions(SEQ)
     compile_s = fast.warm_up()
+    mask_kw = dict(special_ids=SPECIAL, seed=0, mask_prob=0.15, mask_token_prob=0.85, max_predictions=slots)
+
+    def build(step: int):
+        return device_batch(data, order[step * batch : (step + 1) * batch], SEQ, 3, key=step, **mask_kw)
+
+    # as the job does: the next step's batch built on a side stream during the step (a GPU), or
+    # (`inline`) each batch built on the main stream before its step
+    batches = BatchesAhead(build, torch.device(device)) if ahead else None
     clock = _Clock(device)
     events = []
     for step in range(warmup + steps):
@@ -244,26 +257,21 @@ def run_fast(
         if device == "cuda" and step >= warmup:
             e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
             e[0].record()
-        h0 = time.perf_counter()
-        ids, types, att = data.batch(order[step * batch : (step + 1) * batch], SEQ, 3)
-        m = data.masks(
-            ids, att, SPECIAL, seed=0, key=step, mask_prob=0.15, mask_token_prob=0.85, max_predictions=slots
-        )
-        gen_den = m.valid.sum().clamp(min=1).float()
-        disc_den = att.sum().clamp(min=1).float()
-        host_data = time.perf_counter() - h0
+        b = batches.take(step) if batches else build(step)
         if device == "cuda" and step >= warmup:
             e[1].record()
-        fast.micro_step(ids, types, att, m, gen_den, disc_den, seed=step)
+        fast.micro_step(b.ids, b.types, b.att, b.masks, b.gen_den, b.disc_den, seed=step)
         fast.step(5e-4 * lr_factor(step, 10, 10**6))
         if device == "cuda" and step >= warmup:
             e[2].record()
-            events.append((e, host_data))
+            events.append(e)
+        if batches and step + 1 < warmup + steps:
+            batches.ahead(step + 1)
     t1 = clock.now()
     extra = {"compile_s": compile_s, **fast.state(), "gen_loss": float(fast.acc[0] / fast.acc[1])}
-    if events:
-        data_ms = sum(e[0].elapsed_time(e[1]) for e, _ in events)
-        step_ms = sum(e[0].elapsed_time(e[2]) for e, _ in events)
+    if events:  # the main stream's time from a step's start to its batch being there
+        data_ms = sum(e[0].elapsed_time(e[1]) for e in events)
+        step_ms = sum(e[0].elapsed_time(e[2]) for e in events)
         extra["data_gpu_share"] = data_ms / step_ms
     return _result(device, t1 - t0, steps, batch, cfg, extra)
 
@@ -278,6 +286,10 @@ def run_pertensor(preset: str, device: str, batch: int, steps: int, warmup: int)
 
 def run_overlap(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
     return run_fast(preset, device, batch, steps, warmup, overlap=True)
+
+
+def run_inline(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
+    return run_fast(preset, device, batch, steps, warmup, overlap=True, ahead=False)
 
 
 def run_buckets(preset: str, device: str, batch: int, steps: int, warmup: int) -> dict:
@@ -452,6 +464,7 @@ VARIANTS = {
     "fast": run_fast,
     "pertensor": run_pertensor,
     "overlap": run_overlap,
+    "inline": run_inline,
     "buckets": run_buckets,
     "allreduce": run_allreduce,
     "compiled": run_compiled,
@@ -638,7 +651,7 @@ def main() -> None:
         )
         figures[preset] = res
     first = figures[presets[0]]
-    for v in ("fast", "pertensor", "overlap", "buckets", "allreduce", "compiled", "plain", "hf", "ray"):
+    for v in VARIANTS:
         figures[f"{v}_steps_per_s"] = first.get(v, {}).get("steps_per_s")
     best = first.get("fast") or first.get("plain") or {}
     figures["preset"] = presets[0]

@@ -16,13 +16,15 @@ import torch
 
 from electra_ray.config import ConfigError, TrainConfig, model_preset
 from electra_ray.model.electra import ElectraPretrainer
-from electra_ray.model.masking import draw_masks, step_generator
-from electra_ray.train.data import InstanceArrays, build_batch
+from electra_ray.model.masking import draw_masks, masked_batch, step_generator
+from electra_ray.train.data import InstanceArrays, batch_position, build_batch, epoch_order, global_rows
 from electra_ray.train.fast import (
+    BatchesAhead,
     DataWaitClock,
     DeviceInstances,
     FastStep,
     bf16_autocast,
+    device_batch,
     fast_overlap_enabled,
     fast_step_enabled,
     wait_from_spans,
@@ -81,6 +83,76 @@ def test_masks_on_the_device_follow_the_same_rules():
         for g in (step_generator(5, 9), step_generator(5, 9, "cpu"))
     )
     assert torch.equal(a.positions, b.positions) and torch.equal(a.show_mask, b.show_mask)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_built_ahead_are_the_batches_built_in_line(device):
+    dev = torch.device(device)
+    arr = random_arrays(n=400)
+    batch, per_epoch = 64, 400 // 64  # 6 batches an epoch: keys 5 → 6 cross an epoch boundary
+    kw = dict(special_ids=SPECIAL, seed=7, mask_prob=0.15, mask_token_prob=0.85, max_predictions=5)
+    keys = [0, 1, 2, 3, 4, 5, 6, 7, 3, 4, 5, 6, 9]  # a rollback to 3, then a jump to 9
+    spin = 5_000_000 if device == "cuda" else 0  # GPU cycles (~3 ms)
+
+    def builder(data, slow=False):
+        def build(key):
+            if slow and spin:
+                torch.cuda._sleep(spin)  # a slow build on its (side) stream
+            epoch, k = divmod(key, per_epoch)
+            order = data.rows_of_epoch(epoch, lambda: np.random.default_rng(epoch).permutation(400))
+            return device_batch(data, order[k * batch : (k + 1) * batch], L, PAD, key=key, **kw)
+
+        return build
+
+    inline = builder(DeviceInstances(arr, dev))
+    want = [[t.cpu() for t in inline(key).tensors()] for key in keys]
+    # on a GPU: builds slower than the step (the step must wait for them), then a step slow to read
+    # its batch (the next build must not reuse its memory before it has)
+    for slow_build, slow_step in [(True, False), (False, True)] if spin else [(False, False)]:
+        ahead = BatchesAhead(builder(DeviceInstances(arr, dev), slow_build), dev)
+        got = []
+        for i, key in enumerate(keys):
+            b = ahead.take(key)
+            if slow_step:
+                torch.cuda._sleep(spin)
+            got.append([t.clone() for t in b.tensors()])  # read on the main stream, no host sync
+            del b
+            if i + 1 < len(keys):
+                ahead.ahead(key + 1)
+        for key, w, g in zip(keys, want, got):
+            assert all(x.device.type == device for x in g)
+            assert all(torch.equal(x.cpu(), y) for x, y in zip(g, w)), key
+        # on a GPU keys 1..7 were built ahead, then 4, 5, 6 after the rollback; on a CPU none
+        assert ahead.built_ahead == (10 if spin else 0)
+    b = inline(2)
+    assert b.gen_den == b.masks.valid.sum() and b.disc_den == b.att.sum()
+    assert b.gen_den.dtype == b.disc_den.dtype == torch.float32
+
+
+def test_on_a_cpu_the_fast_steps_batches_are_the_plain_loops():
+    """The loop's fast step builds batches with DeviceInstances from the epoch's order; on a CPU
+    they are the plain loop's (numpy rows of global_rows, masks from the same CPU generator)."""
+    arr = random_arrays(n=100)
+    mcfg = model_preset("tiny", vocab_size=V, pad_token_id=PAD)
+    batch, seed = 16, 11
+    data = DeviceInstances(arr, torch.device("cpu"))
+    kw = dict(special_ids=SPECIAL, seed=seed, mask_prob=mcfg.mask_prob, mask_token_prob=mcfg.mask_token_prob)
+    for cursor in (0, 1, 5, 6, 13):  # 6 batches an epoch
+        rows = global_rows(cursor, batch, arr.n, seed)
+        ids, types, att, m = masked_batch(arr, rows, L, PAD, SPECIAL, mcfg, seed, cursor)
+        epoch, k = batch_position(cursor, batch, arr.n)
+        order = data.rows_of_epoch(epoch, lambda e=epoch: epoch_order(arr.n, seed, e))
+        got = device_batch(
+            data,
+            order[k * batch : (k + 1) * batch],
+            L,
+            PAD,
+            key=cursor,
+            max_predictions=mcfg.max_predictions(L),
+            **kw,
+        )
+        want = (ids, types, att, m.positions, m.valid, m.show_mask)
+        assert all(torch.equal(w, g) for w, g in zip(want, got.tensors())), cursor
 
 
 def test_data_wait_runs_from_each_steps_end_to_the_next_batch():

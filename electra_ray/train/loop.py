@@ -54,10 +54,13 @@ from electra_ray.train.data import (
     split_rows,
 )
 from electra_ray.train.fast import (
+    BatchesAhead,
     DataWaitClock,
+    DeviceBatch,
     DeviceInstances,
     FastStep,
     bf16_autocast,
+    device_batch,
     fast_overlap_enabled,
     fast_step_enabled,
     peak_flops,
@@ -242,8 +245,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         # the update runs in the fast step's own graph, never through optimizer.step(): the
         # scheduler's first step would warn that the optimizer has not stepped
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-    # the token ids on the GPU: batches are gathered and masked there (fast step on CUDA)
-    on_device = DeviceInstances(arrays, device) if fast is not None and device.type == "cuda" else None
+    # the fast step's batches are gathered and masked on its device, from the token ids resident
+    # there (on a CPU: the object store's arrays themselves, no copy; the same batches and masks as
+    # the plain loop's, which builds them with numpy)
+    on_device = DeviceInstances(arrays, device) if fast is not None else None
+    special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
+    mask_kw = dict(
+        special_ids=special_ids,
+        seed=tcfg.seed,
+        mask_prob=mcfg.mask_prob,
+        mask_token_prob=mcfg.mask_token_prob,
+        max_predictions=mcfg.max_predictions(seq_len),
+    )
+
+    def build_on_device(cursor: int) -> DeviceBatch:
+        """Data batch ``cursor``, gathered and masked on the GPU (masks drawn from (seed, cursor))."""
+        assert on_device is not None
+        epoch, k = batch_position(cursor, tcfg.batch_size, n_train)
+        order = on_device.rows_of_epoch(epoch, lambda: train_rows[epoch_order(n_train, tcfg.seed, epoch)])
+        rows = order[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]
+        return device_batch(on_device, rows, seq_len, special["pad"], key=cursor, **mask_kw)
+
+    # the next step's batch is built on a side stream while the current step runs (see its docstring)
+    batches = BatchesAhead(build_on_device, device) if on_device is not None else None
     acc = fast.acc if fast else torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
     bad = fast.bad if fast else torch.zeros((), device=device, dtype=torch.float64)  # skipped steps
     digest = 0  # rows_digest of the rows this worker trained on since the last report
@@ -269,7 +293,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     upload_wait = 0.0  # seconds the last checkpoint waited for the previous one's upload to end
     upload_due = False  # the last report started a checkpoint upload: report it after the loop
     history: list[dict[str, float]] = []
-    special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
 
     def batch_and_masks(rows: np.ndarray, key: int):
         """Padded tensors of ``rows`` and their masks, drawn from (seed, key) on the CPU."""
@@ -306,29 +329,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         waits.start()
         cursor = prog.cursor
         rows = train_rows[global_rows(cursor, tcfg.batch_size, n_train, tcfg.seed)]
-        if on_device is not None:
-            epoch, k = batch_position(cursor, tcfg.batch_size, n_train)
-            order = on_device.rows_of_epoch(
-                epoch, lambda e=epoch: train_rows[epoch_order(n_train, tcfg.seed, e)]
-            )
-            g_ids, g_types, g_att = on_device.batch(
-                order[k * tcfg.batch_size : (k + 1) * tcfg.batch_size], seq_len, special["pad"]
-            )
-            masks = on_device.masks(
-                g_ids,
-                g_att,
-                special_ids,
-                seed=tcfg.seed,
-                key=cursor,
-                mask_prob=mcfg.mask_prob,
-                mask_token_prob=mcfg.mask_token_prob,
-                max_predictions=mcfg.max_predictions(seq_len),
-            )
+        # global-batch denominators: workers and micro-steps add up to the global mean exactly
+        if batches is not None:
+            b = batches.take(cursor)
+            g_ids, g_types, g_att, masks = b.ids, b.types, b.att, b.masks
+            gen_den, disc_den = b.gen_den, b.disc_den
         else:
             g_ids, g_types, g_att, masks = batch_and_masks(rows, cursor)
-        # global-batch denominators: workers and micro-steps add up to the global mean exactly
-        gen_den = masks.valid.sum().clamp(min=1).to(device, torch.float32)
-        disc_den = g_att.sum().clamp(min=1).to(device, torch.float32)
+            gen_den = masks.valid.sum().clamp(min=1).to(device, torch.float32)
+            disc_den = g_att.sum().clamp(min=1).to(device, torch.float32)
         digest += rows_digest(rows[lo : lo + share], cursor)
         waits.built()
         for a in range(accum):
@@ -386,6 +395,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         waits.done()
         prog.step += 1
         prog.cursor += 1
+        if batches is not None and prog.step < tcfg.max_steps:
+            batches.ahead(prog.cursor)
         steps_since += 1
         step = prog.step
 
