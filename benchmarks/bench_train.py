@@ -23,6 +23,8 @@ implementation, on the CPU or a GPU; on the CPU also our loop under Ray Train (i
            the multi-worker machinery costs one GPU (the collectives themselves are trivial here)
 (allreduce) the same with one all-reduce of the whole gradient after the backward pass
            (--allreduce-bucket-mb 0)
+(V+fused)  a fast variant V with the linear layers that read the same tensor (each attention's
+           query, key and value) compiled as one (train/graph_passes.py; e.g. overlap+fused)
 (plain)    the same model, masking, loss and optimizer run eagerly, batches built on the host
            (bf16 autocast on a GPU): the loop's step without --fast-step
 (hf)       a straightforward implementation: full-vocabulary generator logits at every
@@ -58,6 +60,7 @@ SEQ = 128
 VOCAB = 32768
 SPECIAL = (1, 2, 3, 4)  # [CLS] [SEP] [PAD] [MASK]
 THREADS = os.cpu_count() or 1  # torch threads on the CPU (--threads), = the Ray worker's CPUs
+FUSE_LINEARS = False  # a variant named with "+fused": FastStep(fuse_linears=True)
 
 
 def arrays(n: int, seq: int = SEQ, seed: int = 0):
@@ -126,6 +129,7 @@ def fast_setup(
     flat: bool = True,
     overlap: bool = False,
     bucket_mb: float | None = None,
+    fuse_linears: bool | None = None,
 ):
     """(cfg, FastStep, DeviceInstances, the epoch's order on the device) for ``steps`` steps.
     ``bucket_mb``: the step of one of several workers (on a one-rank process group)."""
@@ -157,6 +161,7 @@ def fast_setup(
         overlap=overlap,
         all_reduce=bucket_mb is not None,
         bucket_mb=bucket_mb or 0.0,
+        fuse_linears=FUSE_LINEARS if fuse_linears is None else fuse_linears,
     )
     return cfg, fast, data, data.rows_of_epoch(0, lambda: epoch_order(arr.n, 0, 0))
 
@@ -500,9 +505,11 @@ def parse_inductor(items: list[str], ap: argparse.ArgumentParser) -> dict:
 
 
 def child(spec: str) -> None:
-    global THREADS, VOCAB
+    global THREADS, VOCAB, FUSE_LINEARS
     a = json.loads(spec)
     THREADS = a.get("threads") or THREADS
+    base, *mods = a["variant"].split("+")
+    FUSE_LINEARS = "fused" in mods
     VOCAB = a.get("vocab") or VOCAB
     inductor = a.get("inductor") or {}
     if inductor:  # Inductor's settings are global: every compile of this variant's process uses them
@@ -510,7 +517,7 @@ def child(spec: str) -> None:
 
         for key, value in inductor.items():
             setattr(ic, key, value)
-    res = VARIANTS[a["variant"]](a["preset"], a["device"], a["batch"], a["steps"], a["warmup"])
+    res = VARIANTS[base](a["preset"], a["device"], a["batch"], a["steps"], a["warmup"])
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(res))
 
@@ -570,8 +577,11 @@ def main() -> None:
     presets = (a.preset or ("small,base" if gpu else "tiny,small")).split(",")
     variants = (a.variants or ("fast,plain,hf" if gpu else "fast,plain,hf,ray")).split(",")
     for v in variants:
-        if v not in VARIANTS:
+        base, *mods = v.split("+")
+        if base not in VARIANTS:
             ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+        if mods and (mods != ["fused"] or base in ("plain", "hf", "ray")):
+            ap.error(f"variant {v!r}: only a fast-step variant takes a modifier, and only +fused")
     inductor = parse_inductor(a.inductor, ap)
     steps = a.steps or ((20 if a.quick else 100) if gpu else (2 if a.quick else 6))
     warmup = (5 if a.quick else 10) if gpu else 1
@@ -632,7 +642,7 @@ def main() -> None:
                 if k in v
             )
             print(
-                f"{preset:6s} {variant:8s} {batch}×{SEQ}: {v['steps_per_s']:8.2f} steps/s, "
+                f"{preset:6s} {variant:13s} {batch}×{SEQ}: {v['steps_per_s']:8.2f} steps/s, "
                 f"{v['tokens_per_s']:10.0f} tokens/s, {v['tflops_per_s']:7.2f} TFLOP/s, "
                 f"peak {'GPU' if 'peak_mem_mb' in v else 'RSS'} {mem:.0f} MB{more} "
                 f"({time.perf_counter() - t:.0f} s with start-up)",
@@ -651,7 +661,7 @@ def main() -> None:
         )
         figures[preset] = res
     first = figures[presets[0]]
-    for v in VARIANTS:
+    for v in dict.fromkeys([*VARIANTS, *variants]):
         figures[f"{v}_steps_per_s"] = first.get(v, {}).get("steps_per_s")
     best = first.get("fast") or first.get("plain") or {}
     figures["preset"] = presets[0]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared run (issue 7): what the card is, the fast-step tests on CUDA, then
-# bench_train.py on small (plain, hf, fast, overlap, pertensor, compiled; inline on demand) and base (fast, plain, hf), the
+# bench_train.py on small (plain, hf, fast, overlap, pertensor, compiled; inline and +fused on demand) and base (fast, plain, hf), the
 # multi-worker step's cost on one GPU (buckets, allreduce: small and base), and, when the wheels of
 # Ray travel with it (benchmarks/gpu_wheels.py), pretraining under Ray Train
 # (benchmarks/gpu_ray_check.sh).
@@ -21,10 +21,12 @@
 # small fast 101 s (74 s of it compiling), pertensor 34 s (Inductor's cache), base fast 89 s;
 # tests -k cuda 60 s. 2026-11-30: small overlap 88 s, fast 89 s; tests -k 'cuda and buckets' 67 s;
 # the ray stage 363 s (first run 150 s with a 77 s compile, resume 85 s, bench 98 s).
-# Still to run on a GPU (docs/performance.md). First, one call, timeout_s 560 (~450 s): the batches
-# built ahead on a side stream (the CUDA test; `overlap` builds them ahead, `inline` does not), and
-# where the step's time goes now:
-#   OUT=$OUT STAGES='tests small profile' TEST_K='built_ahead or data_wait' TEST_S=60 SMALL_VARIANTS=overlap,inline SMALL_S=230 VARIANT_S=140 PROFILE_S=150 bash benchmarks/gpu_check.sh
+# Still to run on a GPU (docs/performance.md). First, one call, timeout_s 560 (~480 s): the batches
+# built ahead on a side stream and the fused query/key/value projections (their CUDA tests; the
+# `overlap` variant builds batches ahead, `inline` does not, `overlap+fused` also fuses):
+#   OUT=$OUT STAGES='tests small' TEST_K='built_ahead or data_wait or fused' TEST_S=120 SMALL_VARIANTS=overlap,inline,overlap+fused SMALL_S=330 VARIANT_S=140 bash benchmarks/gpu_check.sh
+# then where the step's time goes now (timeout_s 260):
+#   OUT=$OUT STAGES=profile PROFILE_S=200 bash benchmarks/gpu_check.sh
 # then Inductor's combo kernels on small, and base with the second stream:
 #   OUT=$OUT STAGES='small base' SMALL_VARIANTS=overlap INDUCTOR=combo_kernels=True TAG=_combo SMALL_S=150 BASE_VARIANTS=overlap,fast BASE_S=250 VARIANT_S=120 bash benchmarks/gpu_check.sh
 # and the job with the second stream, the batches built ahead and the GPU-clocked data wait (carry

@@ -1,6 +1,6 @@
 """Where a fast step's time goes: torch.profiler over a few steps, and the optimizer update alone.
 
-    python benchmarks/profile_step.py --preset small [--steps 10] [--overlap]      # on a GPU
+    python benchmarks/profile_step.py --preset small [--steps 10] [--overlap] [--fuse-linears]  # a GPU
     python benchmarks/profile_step.py --device cpu --preset small --batch 4 --steps 2
     … --update pertensor                                                            # the update before
 
@@ -63,6 +63,9 @@ def main() -> None:
     )
     ap.add_argument("--update-iters", type=int, default=10, help="updates timed after the first")
     ap.add_argument("--overlap", action="store_true", help="the generator's backward on a second stream")
+    ap.add_argument(
+        "--fuse-linears", action="store_true", help="query, key and value compiled as one linear layer"
+    )
     a = ap.parse_args()
     import torch
     from bench_train import SEQ, SPECIAL, fast_setup  # benchmarks/ is on sys.path
@@ -72,13 +75,21 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     # graphs off: the profiler sees each kernel (a replayed graph shows as one launch)
     cfg, fast, data, order = fast_setup(
-        a.preset, a.device, a.batch, a.steps + 20, graphs=False, flat=a.update == "flat", overlap=a.overlap
+        a.preset,
+        a.device,
+        a.batch,
+        a.steps + 20,
+        graphs=False,
+        flat=a.update == "flat",
+        overlap=a.overlap,
+        fuse_linears=a.fuse_linears,
     )
     slots = cfg.max_predictions(SEQ)
     t = time.perf_counter()
     fast.warm_up()
     print(
-        f"{a.preset} on {a.device}, {a.update} update{', overlap' if a.overlap else ''}: "
+        f"{a.preset} on {a.device}, {a.update} update{', overlap' if a.overlap else ''}"
+        f"{', fused linears' if a.fuse_linears else ''}: "
         f"compile {time.perf_counter() - t:.0f} s",
         flush=True,
     )

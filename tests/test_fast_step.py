@@ -7,6 +7,7 @@ and Inductor's ``fallback_random`` on, so both steps draw the same Gumbel noise.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -225,12 +226,13 @@ def _setup(device):
     return cfg, plain, fast, opts, batch, dens
 
 
-def fast_step(cfg, model, opt, device, flat, overlap=False):
+def fast_step(cfg, model, opt, device, flat, overlap=False, fuse=False):
     return FastStep(
         model,
         opt,
         flat=flat,
         overlap=overlap,
+        fuse_linears=fuse,
         device=torch.device(device),
         micro=B,
         seq_len=L,
@@ -268,19 +270,27 @@ def fallback_random():
 
 
 @pytest.mark.parametrize(
-    "flat,overlap",
-    [(False, False), (True, False), (True, True)],
-    ids=["pertensor", "flat", "flat-overlap"],
+    "flat,overlap,fuse",
+    [(False, False, False), (True, False, False), (True, True, True)],
+    ids=["pertensor", "flat", "flat-overlap-fused"],
 )
 @pytest.mark.parametrize("device", DEVICES)
-def test_fast_step_matches_plain_step(device, flat, overlap, fallback_random):
+def test_fast_step_matches_plain_step(device, flat, overlap, fuse, fallback_random):
     """overlap: the generator's and the discriminator's halves compiled apart (on CUDA the
-    generator's backward on a side stream, captured as a second branch of the graph)."""
+    generator's backward on a side stream, captured as a second branch of the graph); fuse: each
+    attention's query, key and value projections compiled as one linear layer (graph_passes.py)."""
     cfg, plain, fast, (opt_p, opt_f), batch, dens = _setup(device)
-    step = fast_step(cfg, fast, opt_f, device, flat, overlap)
+    step = fast_step(cfg, fast, opt_f, device, flat, overlap, fuse)
     before = [p.detach().clone() for p in fast.parameters()]
-    step.warm_up()  # compiles (and captures) with the update disabled: nothing moves
+    # compiles (and captures) with the update disabled: nothing moves. A graph that Inductor's
+    # caches serve does not go through the fusion pass: they are off where the test counts its work
+    import torch._inductor.config as ic
+
+    with ic.patch(force_disable_caches=True) if fuse else contextlib.nullcontext():
+        step.warm_up()
     assert all(torch.equal(a, p) for a, p in zip(before, fast.parameters()))
+    if fuse:  # one group per attention layer (the generator's and the discriminator's)
+        assert step.fuser.fused == cfg.gen_num_layers + cfg.num_layers
     assert step.acc.abs().sum() == 0 and step.bad == 0
     gpu = device == "cuda"
     assert step.state() == {
@@ -291,6 +301,7 @@ def test_fast_step_matches_plain_step(device, flat, overlap, fallback_random):
         "buckets": 0,
         "cut": False,
         "overlap": overlap,
+        "fuse_linears": fuse,
     }
     if flat:  # the parameters, gradients and moments are views of one buffer each
         for p in fast.parameters():
