@@ -329,6 +329,33 @@ def test_fast_step_matches_plain_step(device, flat, overlap, fuse, fallback_rand
     fast.check_tying()
 
 
+def test_the_fusion_pass_joins_the_linear_layers_that_read_one_tensor():
+    import torch._inductor.config as ic
+    import torch.nn.functional as F
+
+    from electra_ray.train.graph_passes import FuseSharedInputLinears
+
+    def f(x, w0, w1, w2, b0, b1, b2, n0, n1, wy):
+        q, k, v = F.linear(x, w0, b0), F.linear(x, w1, b1), F.linear(x, w2, b2)  # a group with biases
+        m0, m1 = F.linear(x, n0), F.linear(x, n1)  # one without
+        y = F.linear(q, wy)  # alone: left as it is
+        return (q * k[..., :4]).sum() + v.mean() + (m0 * m1[..., :5]).sum() + y.pow(2).sum()
+
+    torch.manual_seed(0)
+    shapes = [(2, 5, 8), (4, 8), (6, 8), (3, 8), (4,), (6,), (3,), (5, 8), (7, 8), (2, 4)]
+    args = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    want = f(*args)
+    want_grads = torch.autograd.grad(want, args)
+    fuse = FuseSharedInputLinears()
+    with ic.patch(force_disable_caches=True, pre_grad_custom_pass=fuse):
+        got = torch.compile(f, dynamic=False)(*args)
+        got_grads = torch.autograd.grad(got, args)
+    assert fuse.fused == 2
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
 def test_fast_step_skips_a_nonfinite_step_and_reloads_optimizer_state(device, flat, fallback_random):

@@ -30,16 +30,17 @@ def _arg(node: torch.fx.Node, i: int, name: str) -> Any:
     return node.args[i] if len(node.args) > i else node.kwargs.get(name)
 
 
-def _shape(node: Any) -> tuple[int, ...] | None:
+def _meta(node: Any) -> tuple[tuple[int, ...], torch.dtype] | None:
+    """(shape, dtype) of the tensor a node stands for, when Dynamo recorded it."""
     value = node.meta.get("example_value") if isinstance(node, torch.fx.Node) else None
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+    return (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else None
 
 
 class FuseSharedInputLinears(CustomGraphPass):
     """Fuses the linear calls of a graph that share their input tensor (see the module's docstring).
 
-    Fused: groups of ≥ 2 calls on the same input node with 2-D weights of the same input width,
-    all with a bias or all without, whose weights and biases exist before the group's first call.
+    Fused: groups of ≥ 2 calls on the same input node with 2-D weights of the same input width and
+    dtype, all with a bias or all without, whose weights and biases exist before the group's first call.
     ``fused`` counts the groups fused in all the graphs the pass has run on (not those that
     Inductor's caches served: the pass does not run for them)."""
 
@@ -60,10 +61,11 @@ class FuseSharedInputLinears(CustomGraphPass):
             ):
                 groups.setdefault((x, b is None), []).append(n)
         for (x, no_bias), calls in groups.items():
-            shapes = [_shape(_arg(n, 1, "weight")) for n in calls]
-            if len(calls) < 2 or any(s is None or len(s) != 2 for s in shapes):
+            metas = [_meta(_arg(n, 1, "weight")) for n in calls]
+            if len(calls) < 2 or any(m is None or len(m[0]) != 2 for m in metas):
                 continue
-            if len({s[1] for s in shapes}) != 1:  # type: ignore[index]
+            shapes = [m[0] for m in metas]  # type: ignore[index]
+            if len({s[1] for s in shapes}) != 1 or len({m[1] for m in metas}) != 1:  # type: ignore[index]
                 continue
             first = min(calls, key=order.__getitem__)
             inputs = [_arg(n, 1, "weight") for n in calls] + (

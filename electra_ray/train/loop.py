@@ -259,7 +259,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     )
 
     def build_on_device(cursor: int) -> DeviceBatch:
-        """Data batch ``cursor``, gathered and masked on the GPU (masks drawn from (seed, cursor))."""
+        """Data batch ``cursor``, gathered and masked on the fast step's device (masks drawn from
+        (seed, cursor))."""
         assert on_device is not None
         epoch, k = batch_position(cursor, tcfg.batch_size, n_train)
         order = on_device.rows_of_epoch(epoch, lambda: train_rows[epoch_order(n_train, tcfg.seed, epoch)])
