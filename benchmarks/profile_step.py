@@ -7,9 +7,9 @@
 On a GPU: kernels per step, kernel time per step and the top kernels (CUDA graphs off, so each
 kernel shows), the kernel time by kind (GEMMs, attention, Triton's fused kernels, the rest) and by
 CUDA stream (with `--overlap`, the job's default on one GPU, the generator's backward pass runs on a
-second stream: what is left on the first is the step's critical path). On the CPU: the host-side
-operators per step, counted by name (what would be launches on a GPU: gradient accumulations, GEMMs,
-foreach ops). Both then time the update alone (clip, non-finite skip, Adam; `--update flat`, the
+second stream, and the next step's batch is built on a third: what is left on the first is the
+step's critical path). On the CPU: the host-side operators per step, counted by name (what would be
+launches on a GPU: gradient accumulations, GEMMs, foreach ops). Both then time the update alone (clip, non-finite skip, Adam; `--update flat`, the
 default, or `pertensor`) on random gradients.
 """
 
@@ -71,6 +71,8 @@ def main() -> None:
     from bench_train import SEQ, SPECIAL, fast_setup  # benchmarks/ is on sys.path
     from torch.profiler import ProfilerActivity, profile
 
+    from electra_ray.train.fast import BatchesAhead, device_batch
+
     cuda = a.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     # graphs off: the profiler sees each kernel (a replayed graph shows as one launch)
@@ -94,13 +96,18 @@ def main() -> None:
         flush=True,
     )
 
+    mask_kw = dict(special_ids=SPECIAL, seed=0, mask_prob=0.15, mask_token_prob=0.85, max_predictions=slots)
+    # as the job builds them: the next step's batch on a side stream during the step (a GPU)
+    batches = BatchesAhead(
+        lambda k: device_batch(data, order[k * a.batch : (k + 1) * a.batch], SEQ, 3, key=k, **mask_kw),
+        torch.device(a.device),
+    )
+
     def one(step):
-        ids, types, att = data.batch(order[step * a.batch : (step + 1) * a.batch], SEQ, 3)
-        m = data.masks(
-            ids, att, SPECIAL, seed=0, key=step, mask_prob=0.15, mask_token_prob=0.85, max_predictions=slots
-        )
-        fast.micro_step(ids, types, att, m, m.valid.sum().float(), att.sum().float(), seed=step)
+        b = batches.take(step)
+        fast.micro_step(b.ids, b.types, b.att, b.masks, b.gen_den, b.disc_den, seed=step)
         fast.step(1e-4)
+        batches.ahead(step + 1)
 
     for s in range(2 if not cuda else 5):
         one(s)
