@@ -521,6 +521,14 @@ class TrainConfig(Config):
             "all-reduce overlaps the backward pass instead) and on CPUs"
         },
     )
+    fast_fuse_linears: str = field(
+        default="auto",
+        metadata={
+            "help": "auto|on|off: the fast step compiles each attention layer's query, key and value "
+            "projections as one linear layer (144 fewer GEMMs a step for small; 1.06× its tokens/s on "
+            "a 2-core CPU, not yet measured on a GPU); auto = off until it is"
+        },
+    )
     allreduce_bucket_mb: float = field(
         default=25.0,
         metadata={
@@ -574,7 +582,7 @@ class TrainConfig(Config):
             self.allreduce_bucket_mb >= 0,
             f"--allreduce-bucket-mb must be >= 0, got {self.allreduce_bucket_mb}",
         )
-        for name in ("fast_step", "fast_overlap"):
+        for name in ("fast_step", "fast_overlap", "fast_fuse_linears"):
             value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
             _check(value in ("auto", "on", "off"), f"{flag} must be auto, on or off, not {value!r}")

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     )
     p.add_argument("--num-workers", type=workers, default=(1, 1), help="N, or MIN:MAX for an elastic run")
     p.add_argument("--use-gpu", action="store_true", help=h("use_gpu"))
-    for name in ("fast_step", "fast_overlap"):
+    for name in ("fast_step", "fast_overlap", "fast_fuse_linears"):
         p.add_argument(
             "--" + name.replace("_", "-"), choices=("auto", "on", "off"), default="auto", help=h(name)
         )
@@ -93,6 +93,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "use_gpu",
             "fast_step",
             "fast_overlap",
+            "fast_fuse_linears",
             "allreduce_bucket_mb",
             "max_steps",
             "total_steps",

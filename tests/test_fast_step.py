@@ -26,6 +26,7 @@ from electra_ray.train.fast import (
     FastStep,
     bf16_autocast,
     device_batch,
+    fast_fuse_linears_enabled,
     fast_overlap_enabled,
     fast_step_enabled,
     wait_from_spans,
@@ -497,6 +498,11 @@ def test_fast_step_setting():
     assert fast_overlap_enabled("on", cpu, 2) and not fast_overlap_enabled("off", cuda, 1)
     with pytest.raises(ConfigError, match="--fast-overlap must be auto, on or off"):
         TrainConfig(tokenizer="t", storage_path="s", name="n", data="d", fast_overlap="1")
+    # the query/key/value projections fused: off until measured on a GPU
+    assert fast_fuse_linears_enabled("on") and not fast_fuse_linears_enabled("auto")
+    assert not fast_fuse_linears_enabled("off")
+    with pytest.raises(ConfigError, match="--fast-fuse-linears must be auto, on or off"):
+        TrainConfig(tokenizer="t", storage_path="s", name="n", data="d", fast_fuse_linears="yes")
 
 
 @pytest.mark.parametrize("device", DEVICES)

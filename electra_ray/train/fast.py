@@ -34,8 +34,8 @@ update) and differs only in how it runs:
   --variants overlap``) compiles the generator's and the discriminator's halves apart and runs the
   generator's backward on a side stream beside the discriminator's forward and backward (their
   backward passes share nothing): 1.10× for ``small`` on an H200;
-- ``fuse_linears=True`` (``bench_train.py --variants overlap+fused``; not yet the job's: it waits
-  for a GPU measurement) compiles each attention layer's query, key and value projections as one
+- ``fuse_linears=True`` (``--fast-fuse-linears on``, ``bench_train.py --variants overlap+fused``;
+  not the job's default: it waits for a GPU measurement) compiles each attention layer's query, key and value projections as one
   linear layer over their concatenated weights (``graph_passes.py``): 6 fewer GEMMs per layer and
   step (2 forward, 4 backward), 144 for ``small``;
 - the metric sums accumulate in a device buffer that the loop reads every ``log_every`` steps;
@@ -103,6 +103,12 @@ def bf16_autocast(device: torch.device) -> bool:
 def fast_step_enabled(setting: str, device: torch.device) -> bool:
     """``--fast-step auto`` (validated by TrainConfig) means on for CUDA, off for the CPU."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def fast_fuse_linears_enabled(setting: str) -> bool:
+    """``--fast-fuse-linears auto``: off everywhere until the fused projections are measured on a
+    GPU (``bench_train.py --variants overlap,overlap+fused``)."""
+    return setting == "on"
 
 
 def fast_overlap_enabled(setting: str, device: torch.device, world: int) -> bool:

@@ -61,6 +61,7 @@ from electra_ray.train.fast import (
     FastStep,
     bf16_autocast,
     device_batch,
+    fast_fuse_linears_enabled,
     fast_overlap_enabled,
     fast_step_enabled,
     peak_flops,
@@ -220,6 +221,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             bucket_mb=tcfg.allreduce_bucket_mb,
             accum=accum,
             overlap=fast_overlap_enabled(tcfg.fast_overlap, device, world),
+            fuse_linears=fast_fuse_linears_enabled(tcfg.fast_fuse_linears),
         )
         if rank == 0:
             n = len(fast.buckets)
@@ -236,7 +238,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             )
             print(
                 f"fast step: compiling{' and capturing CUDA graphs' if fast.graphs else ''}"
-                f"{side if fast.overlap else ''}{reduce if world > 1 else ''}…",
+                f"{side if fast.overlap else ''}"
+                f"{'; query, key and value projections as one' if fast.fuser else ''}"
+                f"{reduce if world > 1 else ''}…",
                 flush=True,
             )
         took = fast.warm_up()
