@@ -71,3 +71,13 @@ def test_bench_inductor_settings_are_checked(setting, error):
     cmd += ["--variants", "fast", "--inductor", setting]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and error in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("variant", ["plain+fused", "fast+fast"])
+def test_bench_variant_modifiers_are_checked(variant):
+    """+fused modifies a fast-step variant (overlap+fused); anything else is refused up front."""
+    cmd = [sys.executable, "benchmarks/bench_train.py", "--device", "cpu", "--preset", "tiny"]
+    cmd += ["--variants", f"fast,{variant}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "only a fast-step variant takes a modifier, and only +fused" in r.stderr, r.stderr[-2000:]
