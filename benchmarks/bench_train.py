@@ -129,7 +129,7 @@ def fast_setup(
     flat: bool = True,
     overlap: bool = False,
     bucket_mb: float | None = None,
-    fuse_linears: bool | None = None,
+    fuse_linears: bool = False,
 ):
     """(cfg, FastStep, DeviceInstances, the epoch's order on the device) for ``steps`` steps.
     ``bucket_mb``: the step of one of several workers (on a one-rank process group)."""
@@ -161,7 +161,7 @@ def fast_setup(
         overlap=overlap,
         all_reduce=bucket_mb is not None,
         bucket_mb=bucket_mb or 0.0,
-        fuse_linears=FUSE_LINEARS if fuse_linears is None else fuse_linears,
+        fuse_linears=fuse_linears,
     )
     return cfg, fast, data, data.rows_of_epoch(0, lambda: epoch_order(arr.n, 0, 0))
 
@@ -242,7 +242,15 @@ def run_fast(
     from electra_ray.train.optim import lr_factor
 
     cfg, fast, data, order = fast_setup(
-        preset, device, batch, steps + warmup, graphs=graphs, flat=flat, overlap=overlap, bucket_mb=bucket_mb
+        preset,
+        device,
+        batch,
+        steps + warmup,
+        graphs=graphs,
+        flat=flat,
+        overlap=overlap,
+        bucket_mb=bucket_mb,
+        fuse_linears=FUSE_LINEARS,
     )
     slots = cfg.max_predictions(SEQ)
     compile_s = fast.warm_up()

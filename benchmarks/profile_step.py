@@ -9,8 +9,8 @@ kernel shows), the kernel time by kind (GEMMs, attention, Triton's fused kernels
 CUDA stream (with `--overlap`, the job's default on one GPU, the generator's backward pass runs on a
 second stream, and the next step's batch is built on a third: what is left on the first is the
 step's critical path). On the CPU: the host-side operators per step, counted by name (what would be
-launches on a GPU: gradient accumulations, GEMMs, foreach ops). Both then time the update alone (clip, non-finite skip, Adam; `--update flat`, the
-default, or `pertensor`) on random gradients.
+launches on a GPU: gradient accumulations, GEMMs, foreach ops). Both then time the update alone
+(clip, non-finite skip, Adam; `--update flat`, the default, or `pertensor`) on random gradients.
 """
 
 from __future__ import annotations

@@ -35,9 +35,10 @@ update) and differs only in how it runs:
   generator's backward on a side stream beside the discriminator's forward and backward (their
   backward passes share nothing): 1.10× for ``small`` on an H200;
 - ``fuse_linears=True`` (``--fast-fuse-linears on``, ``bench_train.py --variants overlap+fused``;
-  not the job's default: it waits for a GPU measurement) compiles each attention layer's query, key and value projections as one
-  linear layer over their concatenated weights (``graph_passes.py``): 6 fewer GEMMs per layer and
-  step (2 forward, 4 backward), 144 for ``small``;
+  not the job's default: it waits for a GPU measurement) compiles each attention layer's query,
+  key and value projections as one linear layer over their concatenated weights
+  (``graph_passes.py``): 6 fewer GEMMs per layer and step (2 forward, 4 backward), 144 for
+  ``small``;
 - the metric sums accumulate in a device buffer that the loop reads every ``log_every`` steps;
 - the token ids live on the device (``DeviceInstances``, the corpus as uint16 ≈ 1.5 GB for all of
   Japanese Wikipedia); a batch is gathered and masked there from a per-epoch permutation uploaded

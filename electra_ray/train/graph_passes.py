@@ -39,8 +39,8 @@ def _meta(node: Any) -> tuple[tuple[int, ...], torch.dtype] | None:
 class FuseSharedInputLinears(CustomGraphPass):
     """Fuses the linear calls of a graph that share their input tensor (see the module's docstring).
 
-    Fused: groups of ≥ 2 calls on the same input node with 2-D weights of the same input width and
-    dtype, all with a bias or all without, whose weights and biases exist before the group's first call.
+    Fused: groups of ≥ 2 calls on the same input node (hence of one input width) with 2-D weights
+    of one dtype, all with a bias or all without, whose weights and biases exist before the group's first call.
     ``fused`` counts the groups fused in all the graphs the pass has run on (not those that
     Inductor's caches served: the pass does not run for them)."""
 
@@ -61,27 +61,22 @@ class FuseSharedInputLinears(CustomGraphPass):
             ):
                 groups.setdefault((x, b is None), []).append(n)
         for (x, no_bias), calls in groups.items():
-            metas = [_meta(_arg(n, 1, "weight")) for n in calls]
+            weights = [_arg(n, 1, "weight") for n in calls]
+            biases = [] if no_bias else [_arg(n, 2, "bias") for n in calls]
+            metas = [_meta(w) for w in weights]
             if len(calls) < 2 or any(m is None or len(m[0]) != 2 for m in metas):
                 continue
-            shapes = [m[0] for m in metas]  # type: ignore[index]
-            if len({s[1] for s in shapes}) != 1 or len({m[1] for m in metas}) != 1:  # type: ignore[index]
-                continue
+            if len({m[1] for m in metas}) != 1:  # type: ignore[index]
+                continue  # weights of several dtypes
             first = min(calls, key=order.__getitem__)
-            inputs = [_arg(n, 1, "weight") for n in calls] + (
-                [] if no_bias else [_arg(n, 2, "bias") for n in calls]
-            )
-            if any(order[p] >= order[first] for p in inputs):
+            if any(order[p] >= order[first] for p in weights + biases):
                 continue
             with graph.inserting_before(first):
-                w = graph.call_function(torch.cat, ([_arg(n, 1, "weight") for n in calls],), {"dim": 0})
-                b = (
-                    None
-                    if no_bias
-                    else graph.call_function(torch.cat, ([_arg(n, 2, "bias") for n in calls],), {"dim": 0})
-                )
+                w = graph.call_function(torch.cat, (weights,), {"dim": 0})
+                b = graph.call_function(torch.cat, (biases,), {"dim": 0}) if biases else None
                 y = graph.call_function(torch._C._nn.linear, (x, w, b))
-                parts = graph.call_function(torch.split, (y, [s[0] for s in shapes]), {"dim": -1})  # type: ignore[index]
+                outs = [m[0][0] for m in metas]  # type: ignore[index]
+                parts = graph.call_function(torch.split, (y, outs), {"dim": -1})
                 for i, n in enumerate(calls):
                     part = graph.call_function(operator.getitem, (parts, i))
                     n.replace_all_uses_with(part)

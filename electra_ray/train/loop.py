@@ -249,30 +249,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         # the update runs in the fast step's own graph, never through optimizer.step(): the
         # scheduler's first step would warn that the optimizer has not stepped
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+    special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
     # the fast step's batches are gathered and masked on its device, from the token ids resident
     # there (on a CPU: the object store's arrays themselves, no copy; the same batches and masks as
-    # the plain loop's, which builds them with numpy)
-    on_device = DeviceInstances(arrays, device) if fast is not None else None
-    special_ids = (special["cls"], special["sep"], special["pad"], special["mask"])
-    mask_kw = dict(
-        special_ids=special_ids,
-        seed=tcfg.seed,
-        mask_prob=mcfg.mask_prob,
-        mask_token_prob=mcfg.mask_token_prob,
-        max_predictions=mcfg.max_predictions(seq_len),
-    )
+    # the plain loop's, which builds them with numpy), the next one on a side stream while the
+    # current step runs (BatchesAhead)
+    batches = None
+    if fast is not None:
+        on_device = DeviceInstances(arrays, device)
+        mask_kw = dict(
+            special_ids=special_ids,
+            seed=tcfg.seed,
+            mask_prob=mcfg.mask_prob,
+            mask_token_prob=mcfg.mask_token_prob,
+            max_predictions=mcfg.max_predictions(seq_len),
+        )
 
-    def build_on_device(cursor: int) -> DeviceBatch:
-        """Data batch ``cursor``, gathered and masked on the fast step's device (masks drawn from
-        (seed, cursor))."""
-        assert on_device is not None
-        epoch, k = batch_position(cursor, tcfg.batch_size, n_train)
-        order = on_device.rows_of_epoch(epoch, lambda: train_rows[epoch_order(n_train, tcfg.seed, epoch)])
-        rows = order[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]
-        return device_batch(on_device, rows, seq_len, special["pad"], key=cursor, **mask_kw)
+        def build_on_device(cursor: int) -> DeviceBatch:
+            """Data batch ``cursor`` (masks drawn from (seed, cursor))."""
+            epoch, k = batch_position(cursor, tcfg.batch_size, n_train)
+            order = on_device.rows_of_epoch(epoch, lambda: train_rows[epoch_order(n_train, tcfg.seed, epoch)])
+            rows = order[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]
+            return device_batch(on_device, rows, seq_len, special["pad"], key=cursor, **mask_kw)
 
-    # the next step's batch is built on a side stream while the current step runs (see its docstring)
-    batches = BatchesAhead(build_on_device, device) if on_device is not None else None
+        batches = BatchesAhead(build_on_device, device)
     acc = fast.acc if fast else torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
     bad = fast.bad if fast else torch.zeros((), device=device, dtype=torch.float64)  # skipped steps
     digest = 0  # rows_digest of the rows this worker trained on since the last report
@@ -293,7 +293,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     flops_tok = flops_per_token(mcfg, seq_len)
     peak = peak_flops(device)
     t_last, steps_since = time.perf_counter(), 0
-    waits = DataWaitClock(device, gpu_events=on_device is not None)  # see its docstring
+    waits = DataWaitClock(device, gpu_events=batches is not None)  # see its docstring
     report_wait = 0.0  # seconds the last ray.train.report blocked (see trainer.REPORT_POLL_S)
     upload_wait = 0.0  # seconds the last checkpoint waited for the previous one's upload to end
     upload_due = False  # the last report started a checkpoint upload: report it after the loop
