@@ -29,7 +29,8 @@
 #   OUT=$OUT STAGES=profile PROFILE_S=200 bash benchmarks/gpu_check.sh
 # then Inductor's combo kernels on small, and base with the second stream:
 #   OUT=$OUT STAGES='small base' SMALL_VARIANTS=overlap INDUCTOR=combo_kernels=True TAG=_combo SMALL_S=150 BASE_VARIANTS=overlap,fast BASE_S=250 VARIANT_S=120 bash benchmarks/gpu_check.sh
-# and the job with the second stream, the batches built ahead and the GPU-clocked data wait (carry
+# and the job with the second stream, the batches built ahead, the GPU-clocked data wait and its
+# resumed run compiling from the run folder's compile cache with an empty local one (carry
 # [".whl", "demo_output/instances", "demo_output/tokenizer"]; `make demo && .venv/bin/python benchmarks/gpu_wheels.py`):
 #   command "OUT=$OUT STAGES=ray bash benchmarks/gpu_check.sh", timeout_s 560
 # Logs go to $OUT; the last lines of each bench log are its JSON.

@@ -55,8 +55,8 @@ if [ "$rc" != 0 ]; then  # nothing to resume, export or compare: keep the device
   cp "$RUNS/run/metrics.jsonl" "$OUT/ray_metrics.jsonl" 2>/dev/null
   exit 1
 fi
-stamp "the same run resumed to $STEPS2 steps"
-timeout "${RUN2_S:-120}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
+stamp "the same run resumed to $STEPS2 steps, as on a new node: an empty local compile cache (the run folder's only)"
+TORCHINDUCTOR_CACHE_DIR=$(mktemp -d /tmp/inductor-new-node.XXXX) timeout "${RUN2_S:-120}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
 cp "$RUNS/run/metrics.jsonl" "$OUT/ray_metrics.jsonl" 2>/dev/null
 VOCAB=$(wc -l < "$DATA/tokenizer/vocab.txt")
 # the step the job ran: on one GPU with --fast-overlap auto, the generator's backward on a second stream
@@ -88,6 +88,11 @@ if fast and train:
     ray_rate = windows[len(windows) // 2]  # the median report window (the first holds the graph warm-up)
     out.update(no_ray_steps_per_s=round(fast, 1), ray_median_steps_per_s=round(ray_rate, 1),
                ray_overhead=round(fast / ray_rate - 1, 4))
+def job_json(name):  # the job's last line: its result, with the fast step's compile figures
+    path = os.path.join(os.environ["OUT"], name)
+    lines = [l for l in open(path) if l.startswith("{")] if os.path.exists(path) else []
+    return json.loads(lines[-1]).get("fast_step") if lines else None
+out.update(compile_first=job_json("ray_run.log"), compile_resumed_new_node=job_json("ray_resume.log"))
 if evals:
     e = evals[-1]
     out.update(eval_gen_acc=e["eval_gen_acc"], eval_disc_acc=e["eval_disc_acc"],

@@ -529,6 +529,14 @@ class TrainConfig(Config):
             "a 2-core CPU, not yet measured on a GPU); auto = off until it is"
         },
     )
+    fast_compile_cache: str = field(
+        default="on",
+        metadata={
+            "help": "on|off: the fast step's compiled graphs are kept in the run folder "
+            "(compile_cache/), so a worker on a node that never compiled the step, or a run resumed "
+            "on another cluster, loads them instead of compiling from scratch"
+        },
+    )
     allreduce_bucket_mb: float = field(
         default=25.0,
         metadata={
@@ -586,6 +594,10 @@ class TrainConfig(Config):
             value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
             _check(value in ("auto", "on", "off"), f"{flag} must be auto, on or off, not {value!r}")
+        _check(
+            self.fast_compile_cache in ("on", "off"),
+            f"--fast-compile-cache must be on or off, not {self.fast_compile_cache!r}",
+        )
 
     @property
     def micro_batch(self) -> int:

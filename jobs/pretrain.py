@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         p.add_argument(
             "--" + name.replace("_", "-"), choices=("auto", "on", "off"), default="auto", help=h(name)
         )
+    p.add_argument("--fast-compile-cache", choices=("on", "off"), default="on", help=h("fast_compile_cache"))
     for flag, typ in (
         ("max_steps", int),
         ("total_steps", int),
@@ -94,6 +95,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "fast_step",
             "fast_overlap",
             "fast_fuse_linears",
+            "fast_compile_cache",
             "allreduce_bucket_mb",
             "max_steps",
             "total_steps",
@@ -143,7 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"{f.get('gen_acc', float('nan')):.3f}, discriminator accuracy {f.get('disc_acc', float('nan')):.3f}",
         flush=True,
     )
-    return {"run": s["run"], "step": s["step"], "checkpoint": s["checkpoint"], "metrics": f}
+    out = {"run": s["run"], "step": s["step"], "checkpoint": s["checkpoint"], "metrics": f}
+    if s.get("fast_step"):  # compile seconds, graphs from and to the run folder's compile cache
+        out["fast_step"] = s["fast_step"]
+    return out
 
 
 if __name__ == "__main__":

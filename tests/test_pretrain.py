@@ -15,6 +15,7 @@ from conftest import ROOT
 
 from electra_ray import storage
 from electra_ray.config import ConfigError, TrainConfig
+from electra_ray.train import compile_cache
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.trainer import pretrain
 
@@ -353,6 +354,15 @@ def test_fast_step_trains_like_the_plain_step(prepared, plain_run, tmp_path):
     assert [h["step"] for h in first["history"]] == [1, 2, 3]
     s = pretrain(cfg(prepared, runs, "fast", **fast), **quiet)
     assert [h["step"] for h in s["history"]] == [4, 5, 6], "resumed from the step-3 checkpoint"
+    # the first launch left its compiled graphs in the run folder; the resumed one took them all
+    # from there and had nothing new to write (test_compile_cache.py: on a node with an empty cache)
+    was, now = first["fast_step"], s["fast_step"]
+    assert was["cache_loaded"] == 0 and was["cache_saved"] > 0, was
+    assert now["cache_loaded"] == was["cache_saved"] and now["cache_saved"] == 0, now
+    assert now["compile_s"] > 0
+    assert os.listdir(os.path.join(s["run"], "compile_cache")) == [
+        os.path.basename(compile_cache.cache_file(s["run"], torch.device("cpu")))
+    ]
     hf = [json.loads(ln) for ln in open(os.path.join(s["run"], "metrics.jsonl"))]
     # one bucket: the compiled graph is the one-worker run's (compiled once; the graph cut into
     # pieces along several buckets is tested in test_fast_step.py)

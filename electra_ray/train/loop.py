@@ -33,6 +33,7 @@ import torch.distributed as dist
 from electra_ray.config import ModelConfig, TrainConfig
 from electra_ray.model.electra import METRIC_NAMES, ElectraPretrainer, flops_per_token
 from electra_ray.model.masking import masked_batch
+from electra_ray.train import compile_cache
 from electra_ray.train.checkpoint import (
     CheckpointUploads,
     Progress,
@@ -207,6 +208,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         )
 
     fast = None
+    compiled: dict[str, Any] = {}  # the fast step's compile: seconds, graphs from and to the run folder
     if fast_on:
         fast = FastStep(
             model,
@@ -243,9 +245,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 f"{reduce if world > 1 else ''}…",
                 flush=True,
             )
+        # the run folder's compiled graphs: a worker on a node that never compiled this step starts warm
+        cached = (
+            compile_cache.load(store["filesystem"], store["root"], device)
+            if tcfg.fast_compile_cache == "on"
+            else 0
+        )
         took = fast.warm_up()
+        saved = (
+            compile_cache.save(store["filesystem"], store["root"], device, loaded=cached)
+            if tcfg.fast_compile_cache == "on" and rank == 0
+            else 0
+        )
+        compiled = {"compile_s": round(took, 1), "cache_loaded": cached, "cache_saved": saved}
         if rank == 0:
-            print(f"fast step ready in {took:.0f} s", flush=True)
+            where = f" ({cached} compiled graphs from the run folder)" if cached else ""
+            wrote = f"; {saved} written to the run folder's compile cache" if saved else ""
+            print(f"fast step ready in {took:.0f} s{where}{wrote}", flush=True)
         # the update runs in the fast step's own graph, never through optimizer.step(): the
         # scheduler's first step would warn that the optimizer has not stepped
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
@@ -547,4 +563,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "rank": rank,
         "pid": os.getpid(),
         "progress": prog.state_dict(tcfg.batch_size),
+        "fast_step": compiled,
     }

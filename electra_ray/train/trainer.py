@@ -276,6 +276,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "history": history,  # rank 0's reports of this launch (the last worker group's)
         "progress": ret.get("progress"),
+        "fast_step": ret.get("fast_step") or {},  # compile seconds, graphs from/to the run folder
     }
     summary["curves"] = plot_curves(run)
     return summary

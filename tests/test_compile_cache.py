@@ -1,0 +1,124 @@
+"""The fast step's compiled graphs travel with the run folder (electra_ray/train/compile_cache.py).
+
+Each "node" is a fresh process with an empty local Inductor cache (its own TORCHINDUCTOR_CACHE_DIR)
+that compiles a small function with its backward pass, as the fast step does, against a run
+folder on the moto S3 server. The loop's use of it (saved by the first launch, loaded by the
+resumed one) is checked in test_pretrain.py::test_fast_step_trains_like_the_plain_step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+from conftest import ROOT, _free_port
+
+from electra_ray import storage
+from electra_ray.train import compile_cache
+
+NODE = r"""
+import json, sys
+import pyarrow.fs as pafs
+import torch
+from torch._dynamo.utils import counters
+
+from electra_ray import storage
+from electra_ray.train import compile_cache
+
+uri, dead_endpoint = sys.argv[1], sys.argv[2]
+fs, root, cpu = storage.pyarrow_filesystem(uri), storage.to_pyarrow_path(uri), torch.device("cpu")
+loaded = compile_cache.load(fs, root, cpu)
+
+
+def layer(x, w, b):
+    return torch.nn.functional.gelu(x @ w + b).square().mean()
+
+
+torch.manual_seed(0)
+args = [torch.randn(16, 32, requires_grad=True), torch.randn(32, 32, requires_grad=True), torch.zeros(32, requires_grad=True)]
+compiled = torch.compile(layer, dynamic=False)(*args)
+grads = torch.autograd.grad(compiled, args)
+want = torch.autograd.grad(layer(*args), args)
+assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(grads, want))
+saved = compile_cache.save(fs, root, cpu, loaded=loaded)
+# storage that cannot be reached: a note, and the run goes on
+dead = pafs.S3FileSystem(endpoint_override=dead_endpoint, region="us-east-1",
+                         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+unreachable = compile_cache.save(dead, root, cpu, loaded=0)
+print(json.dumps({"loaded": loaded, "saved": saved, "unreachable": unreachable,
+                  "hits": counters["inductor"]["fxgraph_cache_hit"],
+                  "misses": counters["inductor"]["fxgraph_cache_miss"]}))
+"""
+
+
+def _node(uri: str, tmp_path, name: str) -> tuple[dict, str]:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}"), "PYTHONPATH": ROOT}
+    r = subprocess.run(
+        [sys.executable, "-c", NODE, uri, f"http://127.0.0.1:{_free_port()}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.stdout
+
+
+def test_a_new_node_compiles_from_the_run_folder(bucket, tmp_path):
+    run = f"{bucket}/runs/r1"
+    first, log1 = _node(run, tmp_path, "a")
+    # nothing to load (quietly); forward and backward compiled and written with Dynamo's graphs
+    assert first["loaded"] == 0 and first["misses"] == 2 and first["hits"] == 0, first
+    assert first["saved"] >= 3, first
+    files = storage.list_files(f"{run}/compile_cache")
+    want = os.path.basename(compile_cache.cache_file(run, torch.device("cpu")))
+    assert [storage.basename(f) for f in files] == [want]
+    # the only note: the save to storage that cannot be reached, counted as nothing written
+    notes = [ln for ln in log1.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "could not write the compile cache" in notes[0], log1
+    assert first["unreachable"] == 0
+
+    second, _ = _node(run, tmp_path, "b")
+    # an empty local cache: every graph comes from the run folder, nothing new is written back
+    assert second["loaded"] == first["saved"], second
+    assert second["hits"] == 2 and second["misses"] == 0, second
+    assert second["saved"] == 0
+    assert storage.list_files(f"{run}/compile_cache") == files, "no temporary files left behind"
+
+
+def test_a_damaged_or_unreachable_cache_costs_only_the_compile(tmp_path):
+    root = str(tmp_path / "run")
+    fs, cpu = pafs.LocalFileSystem(), torch.device("cpu")
+    path = compile_cache.cache_file(root, cpu)
+    assert path.startswith(f"{root}/compile_cache/torch-") and path.endswith("-cpu.bin")
+    notes: list[str] = []
+
+    def log(*a, **_):
+        notes.append(" ".join(map(str, a)))
+
+    assert compile_cache.load(fs, root, cpu, log=log) == 0 and notes == [], "no file yet: quietly nothing"
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(b"not a cache, a truncated upload perhaps")
+    assert compile_cache.load(fs, root, cpu, log=log) == 0
+    assert len(notes) == 1 and path in notes[0] and "not usable" in notes[0], notes
+
+    dead = pafs.S3FileSystem(
+        endpoint_override=f"http://127.0.0.1:{_free_port()}",
+        region="us-east-1",
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1),
+    )
+    assert compile_cache.load(dead, "bucket/run", cpu, log=log) == 0
+    assert "could not read the compile cache bucket/run/compile_cache/" in notes[-1], notes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_cache_file_names_the_gpu():
+    path = compile_cache.cache_file("r", torch.device("cuda"))
+    major, minor = torch.cuda.get_device_capability()
+    assert path.endswith(f"-sm{major}{minor}.bin") and " " not in path
