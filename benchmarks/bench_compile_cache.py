@@ -51,7 +51,7 @@ print(json.dumps({"warm_up_s": round(ready_s, 1), "load_s": round(load_s, 2), "g
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--preset", default="tiny")
     p.add_argument("--batch", type=int, default=None, help="sequences per step (default: bench_train.py's)")
