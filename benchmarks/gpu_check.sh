@@ -6,7 +6,8 @@
 # (benchmarks/gpu_ray_check.sh).
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
 #   STAGES="small ray" … runs only those stages (of: small base buckets tests ray, all by default;
-#   and profile: profile_step.py --preset small --overlap, kernel time by kind and by stream);
+#   and profile: profile_step.py --preset small --overlap, kernel time by kind and by stream;
+#   PROFILE_PRESET=base for base's, PROFILE_ARGS more flags, e.g. --fuse-linears);
 #   SMALL_VARIANTS / BASE_VARIANTS pick bench_train.py variants, VARIANT_S each one's limit, TEST_K a
 #   pytest -k expression (TEST_K=cuda: the CUDA cases alone), INDUCTOR Inductor settings for the
 #   bench stages (bench_train.py --inductor; e.g. INDUCTOR="combo_kernels=True"), TAG a suffix
@@ -64,8 +65,8 @@ timeout $(( ${BUCKETS_S:-300} + 30 )) $PY benchmarks/bench_train.py ${IND[@]+"${
   --steps "${STEPS:-30}" --timeout 140 2>&1 | tee "$OUT/bench_buckets$TAG.log"
 fi
 if on profile; then  # not in the default set: the step as the job runs it on one GPU, kernel by kernel
-stamp "profile: small, overlap (no graphs, so each kernel shows)"
-timeout "${PROFILE_S:-200}" $PY benchmarks/profile_step.py --preset small --overlap 2>&1 | tee "$OUT/profile$TAG.log"
+stamp "profile: ${PROFILE_PRESET:-small}, overlap (no graphs, so each kernel shows)"
+timeout "${PROFILE_S:-200}" $PY benchmarks/profile_step.py --preset "${PROFILE_PRESET:-small}" --overlap ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/profile$TAG.log"
 fi
 if on tests; then
 stamp "fast-step tests on CUDA"
