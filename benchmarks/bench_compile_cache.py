@@ -38,13 +38,13 @@ dev = torch.device(device)
 if device == "cpu":
     torch.set_num_threads(2)
 fs = pafs.LocalFileSystem()
-t = time.perf_counter()
-loaded = compile_cache.load(fs, run, dev) if use_run == "1" else 0
-load_s = time.perf_counter() - t
 _, fast, _, _ = fast_setup(preset, device, int(batch), 2, overlap=overlap == "1", fuse_linears=fuse == "1")
+t = time.perf_counter()
+loaded = compile_cache.load(fs, run, dev, fast.variant) if use_run == "1" else frozenset()
+load_s = time.perf_counter() - t
 ready_s = fast.warm_up()
-saved = compile_cache.save(fs, run, dev, loaded=loaded) if use_run == "1" else 0
-print(json.dumps({"warm_up_s": round(ready_s, 1), "load_s": round(load_s, 2), "graphs_loaded": loaded,
+saved = compile_cache.save(fs, run, dev, fast.variant, loaded=loaded) if use_run == "1" else 0
+print(json.dumps({"warm_up_s": round(ready_s, 1), "load_s": round(load_s, 2), "graphs_loaded": len(loaded),
                   "graphs_saved": saved, "fxgraph_hits": counters["inductor"]["fxgraph_cache_hit"],
                   "fxgraph_misses": counters["inductor"]["fxgraph_cache_miss"]}))
 """

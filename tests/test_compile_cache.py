@@ -32,7 +32,8 @@ from electra_ray.train import compile_cache
 
 uri, dead_endpoint = sys.argv[1], sys.argv[2]
 fs, root, cpu = storage.pyarrow_filesystem(uri), storage.to_pyarrow_path(uri), torch.device("cpu")
-loaded = compile_cache.load(fs, root, cpu)
+VARIANT = "16x32-test"
+loaded = compile_cache.load(fs, root, cpu, VARIANT)
 
 
 def layer(x, w, b):
@@ -45,12 +46,13 @@ compiled = torch.compile(layer, dynamic=False)(*args)
 grads = torch.autograd.grad(compiled, args)
 want = torch.autograd.grad(layer(*args), args)
 assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(grads, want))
-saved = compile_cache.save(fs, root, cpu, loaded=loaded)
+saved = compile_cache.save(fs, root, cpu, VARIANT, loaded=loaded)
+other = compile_cache.load(fs, root, cpu, "another-variant")
 # storage that cannot be reached: a note, and the run goes on
 dead = pafs.S3FileSystem(endpoint_override=dead_endpoint, region="us-east-1",
                          retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
-unreachable = compile_cache.save(dead, root, cpu, loaded=0)
-print(json.dumps({"loaded": loaded, "saved": saved, "unreachable": unreachable,
+unreachable = compile_cache.save(dead, root, cpu, VARIANT)
+print(json.dumps({"loaded": len(loaded), "saved": saved, "unreachable": unreachable, "other": len(other),
                   "hits": counters["inductor"]["fxgraph_cache_hit"],
                   "misses": counters["inductor"]["fxgraph_cache_miss"]}))
 """
@@ -74,9 +76,9 @@ def test_a_new_node_compiles_from_the_run_folder(bucket, tmp_path):
     first, log1 = _node(run, tmp_path, "a")
     # nothing to load (quietly); forward and backward compiled and written with Dynamo's graphs
     assert first["loaded"] == 0 and first["misses"] == 2 and first["hits"] == 0, first
-    assert first["saved"] >= 3, first
+    assert first["saved"] >= 3 and first["other"] == 0, first
     files = storage.list_files(f"{run}/compile_cache")
-    want = os.path.basename(compile_cache.cache_file(run, torch.device("cpu")))
+    want = os.path.basename(compile_cache.cache_file(run, torch.device("cpu"), "16x32-test"))
     assert [storage.basename(f) for f in files] == [want]
     # the only note: the save to storage that cannot be reached, counted as nothing written
     notes = [ln for ln in log1.splitlines() if ln.startswith("note:")]
@@ -94,18 +96,19 @@ def test_a_new_node_compiles_from_the_run_folder(bucket, tmp_path):
 def test_a_damaged_or_unreachable_cache_costs_only_the_compile(tmp_path):
     root = str(tmp_path / "run")
     fs, cpu = pafs.LocalFileSystem(), torch.device("cpu")
-    path = compile_cache.cache_file(root, cpu)
-    assert path.startswith(f"{root}/compile_cache/torch-") and path.endswith("-cpu.bin")
+    path = compile_cache.cache_file(root, cpu, "32x128-20slots-overlap")
+    assert path == f"{root}/compile_cache/torch-{torch.__version__}-cpu-32x128-20slots-overlap.bin"
     notes: list[str] = []
 
     def log(*a, **_):
         notes.append(" ".join(map(str, a)))
 
-    assert compile_cache.load(fs, root, cpu, log=log) == 0 and notes == [], "no file yet: quietly nothing"
+    load = lambda f, r: compile_cache.load(f, r, cpu, "32x128-20slots-overlap", log=log)  # noqa: E731
+    assert load(fs, root) == frozenset() and notes == [], "no file yet: quietly nothing"
     os.makedirs(os.path.dirname(path))
     with open(path, "wb") as f:
         f.write(b"not a cache, a truncated upload perhaps")
-    assert compile_cache.load(fs, root, cpu, log=log) == 0
+    assert load(fs, root) == frozenset()
     assert len(notes) == 1 and path in notes[0] and "not usable" in notes[0], notes
 
     dead = pafs.S3FileSystem(
@@ -113,12 +116,12 @@ def test_a_damaged_or_unreachable_cache_costs_only_the_compile(tmp_path):
         region="us-east-1",
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1),
     )
-    assert compile_cache.load(dead, "bucket/run", cpu, log=log) == 0
+    assert load(dead, "bucket/run") == frozenset()
     assert "could not read the compile cache bucket/run/compile_cache/" in notes[-1], notes
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_the_cache_file_names_the_gpu():
-    path = compile_cache.cache_file("r", torch.device("cuda"))
+    path = compile_cache.cache_file("r", torch.device("cuda"), "128x128-20slots")
     major, minor = torch.cuda.get_device_capability()
-    assert path.endswith(f"-sm{major}{minor}.bin") and " " not in path
+    assert path.endswith(f"-sm{major}{minor}-128x128-20slots.bin") and " " not in path

@@ -4,11 +4,17 @@
 a worker restarted on the same node compiles the fast step from there in seconds, but one on a
 node that replaced a lost node, or a run resumed on a new cluster, compiles from scratch (the
 ``small`` step on an H200: 77 s cold, 19 s from the local cache; 2026-11-30). Here the graphs
-travel with the run: each worker loads ``compile_cache/<torch version>-<device>.bin`` from the run
-folder (local or s3://) before compiling, and rank 0 writes it back after compiling whenever it
-compiled something the file did not hold. The file is torch's own portable cache
-(``torch.compiler.save_cache_artifacts``: Dynamo's and Inductor's compiled graphs, and on GPUs
-the Triton kernels bundled with them); a file torch cannot use is skipped with a note.
+travel with the run: each worker loads ``compile_cache/torch-<version>-<device>-<variant>.bin``
+from the run folder (local or s3://) before compiling, and rank 0 writes it after compiling when
+the file did not hold all the graphs it used.
+
+The file is torch's own portable cache (``torch.compiler.save_cache_artifacts``: Dynamo's and
+Inductor's compiled graphs, and on GPUs the Triton kernels bundled with them). Torch writes back
+only the graphs a process used, so each variant of the step (``FastStep.variant``: the micro-batch
+shape, the masked slots, and the options that change the graphs: the second stream, the fused
+projections, the graph cut along gradient buckets) has a file of its own. An elastic run whose
+step changes with the worker count (one GPU worker runs the second stream, several cut the graph
+instead) keeps one file for each.
 
 Nothing here may stop training: a missing, unreadable or foreign file, or storage that cannot be
 reached, costs the compile time and a printed note, never the run.
@@ -34,34 +40,40 @@ def device_tag(device: torch.device) -> str:
     return f"{torch.cuda.get_device_name(device)}-sm{major}{minor}"
 
 
-def cache_file(root: str, device: torch.device) -> str:
-    """The run folder's cache file for this torch build and device kind (a pyarrow path)."""
-    name = re.sub(r"[^A-Za-z0-9.+_-]+", "-", f"torch-{torch.__version__}-{device_tag(device)}")
+def cache_file(root: str, device: torch.device, variant: str) -> str:
+    """The run folder's cache file for this torch build, device kind and step ``variant``
+    (``FastStep.variant``: the shapes and options that decide the graphs), a pyarrow path."""
+    name = re.sub(r"[^A-Za-z0-9.+_-]+", "-", f"torch-{torch.__version__}-{device_tag(device)}-{variant}")
     return f"{root.rstrip('/')}/{FOLDER}/{name}.bin"
 
 
-def _count(info) -> int:
-    """Compiled artifacts in a ``CacheInfo`` (None: none)."""
-    return sum(len(v) for v in info.artifacts.values()) if info is not None else 0
+def _keys(info) -> frozenset[tuple[str, str]]:
+    """The (kind, key) of each compiled artifact in a ``CacheInfo`` (None: none)."""
+    if info is None:
+        return frozenset()
+    return frozenset((kind, key) for kind, keys in info.artifacts.items() for key in keys)
 
 
 def _why(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def load(filesystem, root: str, device: torch.device, *, log: Callable[..., None] = print) -> int:
-    """Hand torch the compiled graphs of the run folder's cache file; how many (0: none usable)."""
+def load(
+    filesystem, root: str, device: torch.device, variant: str, *, log: Callable[..., None] = print
+) -> frozenset[tuple[str, str]]:
+    """Hand torch the compiled graphs of the run folder's cache file; returns their keys (none:
+    no file, or none usable)."""
     import pyarrow.fs as pafs
 
-    path = cache_file(root, device)
+    path = cache_file(root, device, variant)
     try:
         if filesystem.get_file_info(path).type != pafs.FileType.File:
-            return 0
+            return frozenset()
         with filesystem.open_input_stream(path) as f:
             data = f.read()
     except Exception as e:  # noqa: BLE001 — storage trouble costs the compile time, not the run
         log(f"note: could not read the compile cache {path} ({_why(e)}); compiling from scratch", flush=True)
-        return 0
+        return frozenset()
     torch_log = logging.getLogger("torch.compiler._cache")  # its traceback for a damaged file: our note
     level = torch_log.level
     torch_log.setLevel(logging.ERROR)
@@ -77,23 +89,34 @@ def load(filesystem, root: str, device: torch.device, *, log: Callable[..., None
             "compiling from scratch (it is rewritten afterwards)",
             flush=True,
         )
-    return _count(info)
+    return _keys(info)
 
 
 def save(
-    filesystem, root: str, device: torch.device, *, loaded: int, log: Callable[..., None] = print
+    filesystem,
+    root: str,
+    device: torch.device,
+    variant: str,
+    *,
+    loaded: frozenset[tuple[str, str]] = frozenset(),
+    log: Callable[..., None] = print,
 ) -> int:
-    """Write every graph this process compiled or loaded to the cache file, if that is more than the
-    ``loaded`` graphs it came with; written so that a reader sees the old file or the new one, never
-    part of one (an S3 object appears when its upload completes; a local file is renamed into place). Returns the graphs written (0: nothing new, or it failed)."""
-    got = torch.compiler.save_cache_artifacts()
+    """Write the graphs this process compiled, or took from a cache, to the cache file if any of them
+    is not among the ``loaded`` ones (``load``'s keys). A reader sees the old file or the new one,
+    never part of one (an S3 object appears when its upload completes; a local file is renamed into
+    place). Returns the number of graphs written (0: nothing new, or the write failed)."""
+    try:
+        got = torch.compiler.save_cache_artifacts()
+    except Exception as e:  # noqa: BLE001 — torch logs and returns None for its own failures
+        log(f"note: the compiled graphs could not be serialized ({_why(e)}); the run goes on", flush=True)
+        return 0
     if got is None:
         return 0
     data, info = got
-    n = _count(info)
-    if n <= loaded:
+    keys = _keys(info)
+    if keys <= loaded:
         return 0
-    path = cache_file(root, device)
+    path = cache_file(root, device, variant)
     # an S3 object appears whole when its upload completes; elsewhere: a temporary file, renamed
     local = filesystem.type_name != "s3"
     tmp = f"{path.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}.bin" if local else path
@@ -112,4 +135,4 @@ def save(
             except Exception:  # noqa: BLE001 — it may not exist
                 pass
         return 0
-    return n
+    return len(keys)

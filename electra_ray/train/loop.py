@@ -246,20 +246,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 flush=True,
             )
         # the run folder's compiled graphs: a worker on a node that never compiled this step starts warm
-        cached = (
-            compile_cache.load(store["filesystem"], store["root"], device)
-            if tcfg.fast_compile_cache == "on"
-            else 0
-        )
+        use_cache = tcfg.fast_compile_cache == "on"
+        fs, root = store["filesystem"], store["root"]
+        cached = compile_cache.load(fs, root, device, fast.variant) if use_cache else frozenset()
         took = fast.warm_up()
         saved = (
-            compile_cache.save(store["filesystem"], store["root"], device, loaded=cached)
-            if tcfg.fast_compile_cache == "on" and rank == 0
+            compile_cache.save(fs, root, device, fast.variant, loaded=cached)
+            if use_cache and rank == 0
             else 0
         )
-        compiled = {"compile_s": round(took, 1), "cache_loaded": cached, "cache_saved": saved}
+        compiled = {"compile_s": round(took, 1), "cache_loaded": len(cached), "cache_saved": saved}
         if rank == 0:
-            where = f" ({cached} compiled graphs from the run folder)" if cached else ""
+            where = f" ({len(cached)} compiled graphs from the run folder)" if cached else ""
             wrote = f"; {saved} written to the run folder's compile cache" if saved else ""
             print(f"fast step ready in {took:.0f} s{where}{wrote}", flush=True)
         # the update runs in the fast step's own graph, never through optimizer.step(): the
