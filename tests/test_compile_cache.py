@@ -125,3 +125,13 @@ def test_the_cache_file_names_the_gpu():
     path = compile_cache.cache_file("r", torch.device("cuda"), "128x128-20slots")
     major, minor = torch.cuda.get_device_capability()
     assert path.endswith(f"-sm{major}{minor}-128x128-20slots.bin") and " " not in path
+
+
+def test_the_setting_is_on_or_off():
+    from electra_ray.config import ConfigError, TrainConfig
+
+    base = dict(tokenizer="t", storage_path="s", name="n", data="d")
+    assert TrainConfig(**base).fast_compile_cache == "on"
+    assert TrainConfig(**base, fast_compile_cache="off").fast_compile_cache == "off"
+    with pytest.raises(ConfigError, match="--fast-compile-cache must be on or off, not 'auto'"):
+        TrainConfig(**base, fast_compile_cache="auto")

@@ -282,6 +282,9 @@ def test_fast_step_matches_plain_step(device, flat, overlap, fuse, fallback_rand
     attention's query, key and value projections compiled as one linear layer (graph_passes.py)."""
     cfg, plain, fast, (opt_p, opt_f), batch, dens = _setup(device)
     step = fast_step(cfg, fast, opt_f, device, flat, overlap, fuse)
+    # the name of its graphs' file in the run folder's compile cache: what makes the graphs differ
+    options = ["pertensor"] * (not flat) + ["overlap"] * overlap + ["fused"] * fuse
+    assert step.variant == "-".join([f"{B}x{L}", f"{cfg.max_predictions(L)}slots", *options])
     before = [p.detach().clone() for p in fast.parameters()]
     # compiles (and captures) with the update disabled: nothing moves. A graph that Inductor's
     # caches serve does not go through the fusion pass: they are off where the test counts its work
@@ -525,6 +528,7 @@ def test_buckets_all_reduced_during_a_compiled_backward(device, tmp_path, fallba
         state = step.state()  # 100 KB buckets (the fewer the pieces, the quicker the compilation)
         # graphs are captured at the first micro-step, not yet
         assert state["cut"] and state["buckets"] >= 4 and not state["graphs"]
+        assert step.variant == f"{B // 2}x{L}-{cfg.max_predictions(L)}slots-cut{state['buckets']}"
         _, _, ref, (_, ref_opt), ref_batch, ref_dens = _setup("cpu")
         ref_step = _half_batch_step(cfg, ref, ref_opt, world=1)
         gpu = device == "cuda"
