@@ -13,7 +13,7 @@
 #   bench stages (bench_train.py --inductor; e.g. INDUCTOR="combo_kernels=True"), TAG a suffix
 #   for their logs' names.
 #   Their time limits (SMALL_S 360, BASE_S 300, BUCKETS_S 300, TEST_S 240 s; the ray stage's RUN1_S
-#   220 + RUN2_S 120 + BENCH_S 120 + 60 s) add up to more than a session's 15 device minutes with
+#   220 + RUN2_S 150 + BENCH_S 120 + 60 s) add up to more than a session's 15 device minutes with
 #   the machine's start: pick. The tests stage includes the bucketed all-reduce captured with NCCL
 #   in a CUDA graph (one-rank group; passed on an H200, 2026-11-30).
 #   The small/base/buckets stage limits are bench_train.py's --budget: a variant that no longer fits

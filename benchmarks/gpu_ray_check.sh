@@ -56,7 +56,7 @@ if [ "$rc" != 0 ]; then  # nothing to resume, export or compare: keep the device
   exit 1
 fi
 stamp "the same run resumed to $STEPS2 steps, as on a new node: an empty local compile cache (the run folder's only)"
-TORCHINDUCTOR_CACHE_DIR=$(mktemp -d /tmp/inductor-new-node.XXXX) timeout "${RUN2_S:-120}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
+TORCHINDUCTOR_CACHE_DIR=$(mktemp -d /tmp/inductor-new-node.XXXX) timeout "${RUN2_S:-150}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS2" 2>&1 | quiet "$OUT/ray_resume.log"
 cp "$RUNS/run/metrics.jsonl" "$OUT/ray_metrics.jsonl" 2>/dev/null
 VOCAB=$(wc -l < "$DATA/tokenizer/vocab.txt")
 # the step the job ran: on one GPU with --fast-overlap auto, the generator's backward on a second stream
