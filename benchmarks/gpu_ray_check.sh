@@ -9,6 +9,7 @@
 # Logs and metrics.jsonl go to $OUT; the last line is one JSON object.
 # A dry run of the same script on a CPU (checks that the wheels are all Ray Train needs, in a venv
 # holding only what the GPU image holds): DEVICE=cpu PRESET=tiny STEPS1=40 STEPS2=60 CPUS=1 bash …
+# (PRETRAIN_ARGS="--fast-step on": with the fast step, which a CPU runs only when asked)
 set -u
 OUT=${OUT:-bench_output}
 mkdir -p "$OUT"
@@ -46,7 +47,7 @@ rm -rf "$RUNS" "$HF"
 args=(--data "$DATA/instances" --tokenizer "$DATA/tokenizer" --storage-path "$RUNS" --name run
       --preset "$PRESET" "${GPU_FLAG[@]}" --num-workers 1 --cpus-per-worker "${CPUS:-8}" --batch-size 128
       --total-steps "$STEPS2" --warmup-steps 500 --log-every 250 --checkpoint-every 1000
-      --eval-every 1000 --eval-instances 256)
+      --eval-every 1000 --eval-instances 256 ${PRETRAIN_ARGS:-})  # e.g. PRETRAIN_ARGS="--fast-step on" on a CPU
 stamp "pretrain.py --preset $PRESET ${GPU_FLAG[*]}, $STEPS1 steps"
 timeout "${RUN1_S:-220}" $PY jobs/pretrain.py "${args[@]}" --max-steps "$STEPS1" 2>&1 | quiet "$OUT/ray_run.log"
 rc=${PIPESTATUS[0]}
