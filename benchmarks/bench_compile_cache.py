@@ -27,7 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = r"""
 import json, sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
-import pyarrow.fs as pafs
 import torch
 from torch._dynamo.utils import counters
 from bench_train import fast_setup
@@ -37,13 +36,12 @@ device, preset, batch, run, use_run, overlap, fuse = sys.argv[2:9]
 dev = torch.device(device)
 if device == "cpu":
     torch.set_num_threads(2)
-fs = pafs.LocalFileSystem()
 _, fast, _, _ = fast_setup(preset, device, int(batch), 2, overlap=overlap == "1", fuse_linears=fuse == "1")
 t = time.perf_counter()
-loaded = compile_cache.load(fs, run, dev, fast.variant) if use_run == "1" else frozenset()
+loaded = compile_cache.load(run, dev, fast.variant) if use_run == "1" else frozenset()
 load_s = time.perf_counter() - t
 ready_s = fast.warm_up()
-saved = compile_cache.save(fs, run, dev, fast.variant, loaded=loaded) if use_run == "1" else 0
+saved = compile_cache.save(run, dev, fast.variant, loaded=loaded) if use_run == "1" else 0
 print(json.dumps({"warm_up_s": round(ready_s, 1), "load_s": round(load_s, 2), "graphs_loaded": len(loaded),
                   "graphs_saved": saved, "fxgraph_hits": counters["inductor"]["fxgraph_cache_hit"],
                   "fxgraph_misses": counters["inductor"]["fxgraph_cache_miss"]}))

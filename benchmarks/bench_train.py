@@ -166,6 +166,16 @@ def fast_setup(
     return cfg, fast, data, data.rows_of_epoch(0, lambda: epoch_order(arr.n, 0, 0))
 
 
+def batch_builder(data, order, batch: int, slots: int):
+    """``build(k)``: data batch ``k`` (rows ``order[k·batch : (k+1)·batch]``) gathered and masked on
+    the device as the job's fast step builds its batches, with the reference's masking rates."""
+    from electra_ray.train.fast import device_batch
+
+    mask_kw = dict(special_ids=SPECIAL, seed=0, mask_prob=0.15, mask_token_prob=0.85, max_predictions=slots)
+    pad = SPECIAL[2]
+    return lambda k: device_batch(data, order[k * batch : (k + 1) * batch], SEQ, pad, key=k, **mask_kw)
+
+
 class _Clock:
     """Wall time of a window of steps: synchronises the device at the window's ends only."""
 
@@ -238,7 +248,7 @@ def run_fast(
 ) -> dict:
     import torch
 
-    from electra_ray.train.fast import BatchesAhead, device_batch
+    from electra_ray.train.fast import BatchesAhead
     from electra_ray.train.optim import lr_factor
 
     cfg, fast, data, order = fast_setup(
@@ -252,13 +262,8 @@ def run_fast(
         bucket_mb=bucket_mb,
         fuse_linears=FUSE_LINEARS,
     )
-    slots = cfg.max_predictions(SEQ)
     compile_s = fast.warm_up()
-    mask_kw = dict(special_ids=SPECIAL, seed=0, mask_prob=0.15, mask_token_prob=0.85, max_predictions=slots)
-
-    def build(step: int):
-        return device_batch(data, order[step * batch : (step + 1) * batch], SEQ, 3, key=step, **mask_kw)
-
+    build = batch_builder(data, order, batch, cfg.max_predictions(SEQ))
     # as the job does: the next step's batch built on a side stream during the step (a GPU), or
     # (`inline`) each batch built on the main stream before its step
     batches = BatchesAhead(build, torch.device(device)) if ahead else None

@@ -68,10 +68,10 @@ def main() -> None:
     )
     a = ap.parse_args()
     import torch
-    from bench_train import SEQ, SPECIAL, fast_setup  # benchmarks/ is on sys.path
+    from bench_train import SEQ, batch_builder, fast_setup  # benchmarks/ is on sys.path
     from torch.profiler import ProfilerActivity, profile
 
-    from electra_ray.train.fast import BatchesAhead, device_batch
+    from electra_ray.train.fast import BatchesAhead
 
     cuda = a.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -96,12 +96,8 @@ def main() -> None:
         flush=True,
     )
 
-    mask_kw = dict(special_ids=SPECIAL, seed=0, mask_prob=0.15, mask_token_prob=0.85, max_predictions=slots)
     # as the job builds them: the next step's batch on a side stream during the step (a GPU)
-    batches = BatchesAhead(
-        lambda k: device_batch(data, order[k * a.batch : (k + 1) * a.batch], SEQ, 3, key=k, **mask_kw),
-        torch.device(a.device),
-    )
+    batches = BatchesAhead(batch_builder(data, order, a.batch, slots), torch.device(a.device))
 
     def one(step):
         b = batches.take(step)

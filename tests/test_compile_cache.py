@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 
-import pyarrow.fs as pafs
 import pytest
 import torch
 from conftest import ROOT, _free_port
@@ -22,18 +21,15 @@ from electra_ray import storage
 from electra_ray.train import compile_cache
 
 NODE = r"""
-import json, sys
-import pyarrow.fs as pafs
+import json, os, sys
 import torch
 from torch._dynamo.utils import counters
 
-from electra_ray import storage
 from electra_ray.train import compile_cache
 
-uri, dead_endpoint = sys.argv[1], sys.argv[2]
-fs, root, cpu = storage.pyarrow_filesystem(uri), storage.to_pyarrow_path(uri), torch.device("cpu")
-VARIANT = "16x32-test"
-loaded = compile_cache.load(fs, root, cpu, VARIANT)
+run, dead_endpoint = sys.argv[1], sys.argv[2]
+cpu, VARIANT = torch.device("cpu"), "16x32-test"
+loaded = compile_cache.load(run, cpu, VARIANT)
 
 
 def layer(x, w, b):
@@ -46,12 +42,11 @@ compiled = torch.compile(layer, dynamic=False)(*args)
 grads = torch.autograd.grad(compiled, args)
 want = torch.autograd.grad(layer(*args), args)
 assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(grads, want))
-saved = compile_cache.save(fs, root, cpu, VARIANT, loaded=loaded)
-other = compile_cache.load(fs, root, cpu, "another-variant")
+saved = compile_cache.save(run, cpu, VARIANT, loaded=loaded)
+other = compile_cache.load(run, cpu, "another-variant")
 # storage that cannot be reached: a note, and the run goes on
-dead = pafs.S3FileSystem(endpoint_override=dead_endpoint, region="us-east-1",
-                         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
-unreachable = compile_cache.save(dead, root, cpu, VARIANT)
+os.environ.update(AWS_ENDPOINT_URL=dead_endpoint, ELECTRA_RAY_IO_RETRIES="1")
+unreachable = compile_cache.save(run, cpu, VARIANT)
 print(json.dumps({"loaded": len(loaded), "saved": saved, "unreachable": unreachable, "other": len(other),
                   "hits": counters["inductor"]["fxgraph_cache_hit"],
                   "misses": counters["inductor"]["fxgraph_cache_miss"]}))
@@ -93,31 +88,28 @@ def test_a_new_node_compiles_from_the_run_folder(bucket, tmp_path):
     assert storage.list_files(f"{run}/compile_cache") == files, "no temporary files left behind"
 
 
-def test_a_damaged_or_unreachable_cache_costs_only_the_compile(tmp_path):
-    root = str(tmp_path / "run")
-    fs, cpu = pafs.LocalFileSystem(), torch.device("cpu")
-    path = compile_cache.cache_file(root, cpu, "32x128-20slots-overlap")
-    assert path == f"{root}/compile_cache/torch-{torch.__version__}-cpu-32x128-20slots-overlap.bin"
+def test_a_damaged_or_unreachable_cache_costs_only_the_compile(tmp_path, monkeypatch):
+    run, cpu = str(tmp_path / "run"), torch.device("cpu")
+    path = compile_cache.cache_file(run, cpu, "32x128-20slots-overlap")
+    assert path == f"{run}/compile_cache/torch-{torch.__version__}-cpu-32x128-20slots-overlap.bin"
     notes: list[str] = []
 
     def log(*a, **_):
         notes.append(" ".join(map(str, a)))
 
-    load = lambda f, r: compile_cache.load(f, r, cpu, "32x128-20slots-overlap", log=log)  # noqa: E731
-    assert load(fs, root) == frozenset() and notes == [], "no file yet: quietly nothing"
+    load = lambda r: compile_cache.load(r, cpu, "32x128-20slots-overlap", log=log)  # noqa: E731
+    assert load(run) == frozenset() and notes == [], "no file yet: quietly nothing"
     os.makedirs(os.path.dirname(path))
     with open(path, "wb") as f:
         f.write(b"not a cache, a truncated upload perhaps")
-    assert load(fs, root) == frozenset()
+    assert load(run) == frozenset()
     assert len(notes) == 1 and path in notes[0] and "not usable" in notes[0], notes
 
-    dead = pafs.S3FileSystem(
-        endpoint_override=f"http://127.0.0.1:{_free_port()}",
-        region="us-east-1",
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1),
-    )
-    assert load(dead, "bucket/run") == frozenset()
-    assert "could not read the compile cache bucket/run/compile_cache/" in notes[-1], notes
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("ELECTRA_RAY_IO_RETRIES", "1")
+    assert load("s3://bucket/run") == frozenset()
+    assert "could not read the compile cache (s3://bucket/run/compile_cache/" in notes[-1], notes
+    assert "unreachable" in notes[-1], notes
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Callable
 
 import torch
+
+from electra_ray import storage
 
 FOLDER = "compile_cache"
 
@@ -40,11 +41,11 @@ def device_tag(device: torch.device) -> str:
     return f"{torch.cuda.get_device_name(device)}-sm{major}{minor}"
 
 
-def cache_file(root: str, device: torch.device, variant: str) -> str:
-    """The run folder's cache file for this torch build, device kind and step ``variant``
-    (``FastStep.variant``: the shapes and options that decide the graphs), a pyarrow path."""
+def cache_file(run: str, device: torch.device, variant: str) -> str:
+    """The cache file (a URI) in the run folder ``run`` for this torch build, device kind and step
+    ``variant`` (``FastStep.variant``: the shapes and options that decide the graphs)."""
     name = re.sub(r"[^A-Za-z0-9.+_-]+", "-", f"torch-{torch.__version__}-{device_tag(device)}-{variant}")
-    return f"{root.rstrip('/')}/{FOLDER}/{name}.bin"
+    return storage.join(run, FOLDER, f"{name}.bin")
 
 
 def _keys(info) -> frozenset[tuple[str, str]]:
@@ -54,25 +55,17 @@ def _keys(info) -> frozenset[tuple[str, str]]:
     return frozenset((kind, key) for kind, keys in info.artifacts.items() for key in keys)
 
 
-def _why(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
 def load(
-    filesystem, root: str, device: torch.device, variant: str, *, log: Callable[..., None] = print
+    run: str, device: torch.device, variant: str, *, log: Callable[..., None] = print
 ) -> frozenset[tuple[str, str]]:
     """Hand torch the compiled graphs of the run folder's cache file; returns their keys (none:
     no file, or none usable)."""
-    import pyarrow.fs as pafs
-
-    path = cache_file(root, device, variant)
+    uri = cache_file(run, device, variant)
     try:
-        if filesystem.get_file_info(path).type != pafs.FileType.File:
-            return frozenset()
-        with filesystem.open_input_stream(path) as f:
-            data = f.read()
-    except Exception as e:  # noqa: BLE001 — storage trouble costs the compile time, not the run
-        log(f"note: could not read the compile cache {path} ({_why(e)}); compiling from scratch", flush=True)
+        data = storage.read_bytes(uri)
+    except storage.StorageError as e:  # storage trouble costs the compile time, not the run
+        if not isinstance(e.__cause__, FileNotFoundError):
+            log(f"note: could not read the compile cache ({e}); compiling from scratch", flush=True)
         return frozenset()
     torch_log = logging.getLogger("torch.compiler._cache")  # its traceback for a damaged file: our note
     level = torch_log.level
@@ -80,12 +73,12 @@ def load(
     try:
         info, why = torch.compiler.load_cache_artifacts(data), "torch cannot read it"
     except Exception as e:  # noqa: BLE001 — a damaged or foreign file: compile instead
-        info, why = None, _why(e)
+        info, why = None, f"{type(e).__name__}: {e}"
     finally:
         torch_log.setLevel(level)
     if info is None:
         log(
-            f"note: the compile cache {path} ({len(data)} bytes) is not usable ({why}); "
+            f"note: the compile cache {uri} ({len(data)} bytes) is not usable ({why}); "
             "compiling from scratch (it is rewritten afterwards)",
             flush=True,
         )
@@ -93,8 +86,7 @@ def load(
 
 
 def save(
-    filesystem,
-    root: str,
+    run: str,
     device: torch.device,
     variant: str,
     *,
@@ -102,13 +94,12 @@ def save(
     log: Callable[..., None] = print,
 ) -> int:
     """Write the graphs this process compiled, or took from a cache, to the cache file if any of them
-    is not among the ``loaded`` ones (``load``'s keys). A reader sees the old file or the new one,
-    never part of one (an S3 object appears when its upload completes; a local file is renamed into
-    place). Returns the number of graphs written (0: nothing new, or the write failed)."""
+    is not among the ``loaded`` ones (``load``'s keys), atomically (``storage.write_bytes``).
+    Returns the number of graphs written (0: nothing new, or the write failed)."""
     try:
         got = torch.compiler.save_cache_artifacts()
     except Exception as e:  # noqa: BLE001 — torch logs and returns None for its own failures
-        log(f"note: the compiled graphs could not be serialized ({_why(e)}); the run goes on", flush=True)
+        log(f"note: the compiled graphs could not be serialized ({e}); the run goes on", flush=True)
         return 0
     if got is None:
         return 0
@@ -116,23 +107,9 @@ def save(
     keys = _keys(info)
     if keys <= loaded:
         return 0
-    path = cache_file(root, device, variant)
-    # an S3 object appears whole when its upload completes; elsewhere: a temporary file, renamed
-    local = filesystem.type_name != "s3"
-    tmp = f"{path.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}.bin" if local else path
     try:
-        if local:
-            filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(tmp) as f:
-            f.write(data)
-        if local:
-            filesystem.move(tmp, path)
-    except Exception as e:  # noqa: BLE001
-        log(f"note: could not write the compile cache {path} ({_why(e)}); the run goes on", flush=True)
-        if local:
-            try:
-                filesystem.delete_file(tmp)
-            except Exception:  # noqa: BLE001 — it may not exist
-                pass
+        storage.write_bytes(cache_file(run, device, variant), data)
+    except OSError as e:  # StorageError (names the file) or a local write's error
+        log(f"note: could not write the compile cache ({e}); the run goes on", flush=True)
         return 0
     return len(keys)

@@ -548,18 +548,19 @@ class FastStep:
         self._graph_upd: torch.cuda.CUDAGraph | None = None
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # by "all-reduces its gradients"
         self._warm = False
-        # what decides the compiled graphs (with the model, the device and torch): the name of their
-        # file in the run folder's compile cache (train/compile_cache.py)
-        self.variant = f"{micro}x{seq_len}-{slots}slots" + "".join(
-            f"-{name}"
-            for name, on in (
-                ("pertensor", self.flat is None),
-                ("overlap", overlap),
-                ("fused", self.fuser is not None),
-                (f"cut{len(self.buckets)}", self.cut),
-            )
-            if on
+
+    @property
+    def variant(self) -> str:
+        """What decides the compiled graphs (with the model, the device and torch): the name of
+        their file in the run folder's compile cache (train/compile_cache.py)."""
+        (micro, seq_len), slots = self.inputs["ids"].shape, self.inputs["positions"].shape[1]
+        options = (
+            ("pertensor", self.flat is None),
+            ("overlap", self.overlap),
+            ("fused", self.fuser is not None),
+            (f"cut{len(self.buckets)}", self.cut),
         )
+        return "-".join([f"{micro}x{seq_len}", f"{slots}slots", *(name for name, on in options if on)])
 
     def _flatten(self) -> None:
         """Parameters, gradients and moments as views of four flat buffers. Within each optimizer

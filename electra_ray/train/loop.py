@@ -247,11 +247,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             )
         # the run folder's compiled graphs: a worker on a node that never compiled this step starts warm
         use_cache = tcfg.fast_compile_cache == "on"
-        fs, root = store["filesystem"], store["root"]
-        cached = compile_cache.load(fs, root, device, fast.variant) if use_cache else frozenset()
+        cached = compile_cache.load(config["run"], device, fast.variant) if use_cache else frozenset()
         took = fast.warm_up()
         saved = (
-            compile_cache.save(fs, root, device, fast.variant, loaded=cached)
+            compile_cache.save(config["run"], device, fast.variant, loaded=cached)
             if use_cache and rank == 0
             else 0
         )

@@ -240,6 +240,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
             "seq_len": seq_len,
             "data_ref": data_ref,
             "store": store,
+            "run": run,  # the same folder as a URI (train/compile_cache.py writes through storage.py)
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
