@@ -230,9 +230,11 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     prefix = uri.rstrip("/")
     out = []
     for e in entries:
-        if e.get("type") != "file":
+        # an S3 folder made by pyarrow (Ray Train's checkpoint uploads, ``makedirs``) has an empty
+        # "folder/" object, which s3fs lists as a file inside the folder itself
+        if e.get("type") != "file" or e["name"].endswith("/"):
             continue
-        name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+        name = e["name"].rsplit("/", 1)[-1]
         if name.endswith(suffix):
             out.append(f"{prefix}/{name}")
     return sorted(out)
