@@ -17,10 +17,17 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from electra_ray.config import FastStepError
 from electra_ray.storage import StorageError
 
-#: Exceptions that mean "bad input or configuration": shown as one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, StorageError, FileNotFoundError, PermissionError)
+#: Exceptions that mean "bad input, configuration or environment": shown as one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    StorageError,
+    FileNotFoundError,
+    PermissionError,
+    FastStepError,
+)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -107,6 +114,9 @@ def root_cause(exc: BaseException) -> BaseException:
         if isinstance(e, USER_ERRORS) and not wrapper:
             return e  # the outermost real one: it carries our message (file, position)
         cause = getattr(e, "cause", None)
+        failures = getattr(e, "worker_failures", None)  # Ray Train's WorkerGroupError: rank → error
+        if isinstance(failures, dict) and failures:
+            cause = failures[min(failures)]
         e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
     return exc
 

@@ -27,6 +27,11 @@ class ConfigError(ValueError):
     """A config value is invalid; the message says which field and what to change."""
 
 
+class FastStepError(RuntimeError):
+    """The fast training step could not start on a worker's node (its compile or CUDA graph
+    capture failed); the message names the node, the cause and the flag that avoids it."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """Base class: validation, dict round-trip, fingerprint."""

@@ -295,8 +295,8 @@ def test_a_worker_group_that_cannot_be_placed(prepared, tmp_path, monkeypatch):
     assert said and "waiting for the cluster to add nodes" in said[0]
 
 
-def _job(*args):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
+def _job(*args, **env_vars):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local", **env_vars}
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "jobs", "pretrain.py"), *args],
         capture_output=True,
@@ -388,6 +388,40 @@ def test_fast_step_trains_like_the_plain_step(prepared, plain_run, tmp_path):
     a, b = params(s["run"], 6), params(one["run"], 6)
     worst = max((a[k] - b[k]).abs().max().item() for k in b)
     assert worst < 1e-4, worst
+
+    # a fast run's checkpoint resumes under the plain step (what a fast step that cannot compile
+    # tells the user to do: test_a_fast_step_that_cannot_compile_says_where_why_and_what_to_do),
+    # weights and Adam moments included: its steps 7-8 follow the fused fast run's own resume
+    eight = {**PLAIN, "max_steps": 8}
+    p8 = pretrain(cfg(prepared, runs, "fast", **eight), **quiet)
+    f8 = pretrain(cfg(prepared, runs, "fused", **eight, fast_step="on", fast_fuse_linears="on"), **quiet)
+    assert not p8["fast_step"] and f8["fast_step"]["cache_loaded"] > 0
+    assert [h["step"] for h in p8["history"]] == [h["step"] for h in f8["history"]] == [7, 8]
+    for p, f in zip(p8["history"], f8["history"]):
+        assert p["gen_loss"] == pytest.approx(f["gen_loss"], rel=0.02), (p, f)
+        assert p["disc_loss"] == pytest.approx(f["disc_loss"], rel=0.1), (p, f)
+
+
+def test_a_fast_step_that_cannot_compile_says_where_why_and_what_to_do(prepared, tmp_path):
+    """A worker's node without a working C++ compiler (Inductor needs one on CPUs, Triton on GPUs):
+    the job ends with one error line naming the worker, its node and device, the cause and the
+    flag that trains without the fast step, not with Ray's and Inductor's tracebacks."""
+    c = cfg(prepared, str(tmp_path / "runs"), "nocc", max_steps=2)
+    r = _job(
+        *cli_args(c),
+        *("--storage-path", c.storage_path, "--name", c.name, "--fast-step", "on", "--max-failures", "0"),
+        CXX=str(tmp_path / "no-such-compiler"),
+        TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),  # cold: a cached graph needs no compiler
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    # the last "error:" line: Ray's log lines from the workers may still come after it
+    said = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")][-1]
+    assert said.startswith("error: the fast step (--fast-step on) could not start on worker 0 (node "), said
+    assert ", CPU): " in said and "compiler" in said, said
+    assert said.endswith(
+        "--fast-step off trains the same model with the plain eager step (slower; checkpoints resume across the two)"
+    )
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"ok": False, "error": said[len("error: ") :]}
 
 
 @pytest.mark.parametrize(

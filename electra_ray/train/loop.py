@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from electra_ray.config import ModelConfig, TrainConfig
+from electra_ray.config import FastStepError, ModelConfig, TrainConfig
 from electra_ray.model.electra import METRIC_NAMES, ElectraPretrainer, flops_per_token
 from electra_ray.model.masking import masked_batch
 from electra_ray.train import compile_cache
@@ -118,6 +118,21 @@ def quiet_ray_report_log() -> None:
     log = getattr(context, "logger", None)
     if isinstance(log, logging.Logger):
         log.setLevel(logging.WARNING)
+
+
+def fast_step_error(exc: BaseException, setting: str, rank: int, device: torch.device) -> FastStepError:
+    """What a worker says when the fast step fails to compile or capture: where, why (the cause's
+    first line) and how to run without it."""
+    import ray
+
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    why = (str(exc).strip().splitlines() or [""])[0]
+    return FastStepError(
+        f"the fast step (--fast-step {setting}) could not start on worker {rank} "
+        f"(node {ray.util.get_node_ip_address()}, {card}): {type(exc).__name__}: {why} — "
+        "--fast-step off trains the same model with the plain eager step (slower; checkpoints "
+        "resume across the two)"
+    )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +263,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         # the run folder's compiled graphs: a worker on a node that never compiled this step starts warm
         use_cache = tcfg.fast_compile_cache == "on"
         cached = compile_cache.load(config["run"], device, fast.variant) if use_cache else frozenset()
-        took = fast.warm_up()
+        try:
+            took = fast.warm_up()
+        except Exception as e:  # noqa: BLE001 - Inductor, Triton, a C compiler, CUDA graphs: any of them
+            raise fast_step_error(e, tcfg.fast_step, rank, device) from e
         saved = (
             compile_cache.save(config["run"], device, fast.variant, loaded=cached)
             if use_cache and rank == 0
