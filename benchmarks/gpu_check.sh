@@ -7,6 +7,7 @@
 #   OUT=bench_output bash benchmarks/gpu_check.sh      (on a machine with a CUDA GPU and torch)
 #   STAGES="small ray" … runs only those stages (of: small base buckets tests ray, all by default;
 #   and profile: profile_step.py --preset small --overlap, kernel time by kind and by stream;
+#   data: bench_data_path.py, the data path with a corpus the size of all of Japanese Wikipedia;
 #   PROFILE_PRESET=base for base's, PROFILE_ARGS more flags, e.g. --fuse-linears);
 #   SMALL_VARIANTS / BASE_VARIANTS pick bench_train.py variants, VARIANT_S each one's limit, TEST_K a
 #   pytest -k expression (TEST_K=cuda: the CUDA cases alone), INDUCTOR Inductor settings for the
@@ -25,7 +26,8 @@
 # Still to run on a GPU (docs/performance.md). First, one call, timeout_s 560 (~480 s): the batches
 # built ahead on a side stream and the fused query/key/value projections (their CUDA tests; the
 # `overlap` variant builds batches ahead, `inline` does not, `overlap+fused` also fuses):
-#   OUT=$OUT STAGES='tests small' TEST_K='built_ahead or data_wait or fused' TEST_S=120 SMALL_VARIANTS=overlap,inline,overlap+fused SMALL_S=330 VARIANT_S=140 bash benchmarks/gpu_check.sh
+#   OUT=$OUT STAGES='tests small data' TEST_K='built_ahead or data_wait or fused' TEST_S=120 SMALL_VARIANTS=overlap,inline,overlap+fused SMALL_S=330 VARIANT_S=140 bash benchmarks/gpu_check.sh
+# (`data`: benchmarks/bench_data_path.py, the batch build's device time at full-corpus size, ~10 s)
 # then where the step's time goes now (timeout_s 260):
 #   OUT=$OUT STAGES=profile PROFILE_S=200 bash benchmarks/gpu_check.sh
 # then Inductor's combo kernels on small, and base with the second stream:
@@ -71,6 +73,10 @@ fi
 if on tests; then
 stamp "fast-step tests on CUDA"
 timeout "${TEST_S:-240}" $PY -m pytest -q --noconftest -p no:cacheprovider tests/test_fast_step.py ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUT/tests.log"
+fi
+if on data; then  # ~10 s: the data path at the size of all of Japanese Wikipedia, on the GPU
+stamp "data path (a 1.4 GB corpus on the GPU)"
+timeout "${DATA_S:-120}" $PY benchmarks/bench_data_path.py --device cuda 2>&1 | tee "$OUT/data_path.log"
 fi
 if on ray; then
   if ls "${WHL:-.whl}"/ray-*.whl >/dev/null 2>&1 || $PY -c "import ray" 2>/dev/null; then

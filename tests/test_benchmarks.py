@@ -81,3 +81,15 @@ def test_bench_variant_modifiers_are_checked(variant):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "only a fast-step variant takes a modifier, and only +fused" in r.stderr, r.stderr[-2000:]
+
+
+def test_data_path_benchmark_runs_and_builds_on_the_corpus_itself():
+    """bench_data_path.py (gpu_check.sh's `data` stage) on a small corpus: its JSON has every figure,
+    and on a CPU the fast step's batches read the corpus's own memory (no copy of the token ids)."""
+    cmd = [sys.executable, "benchmarks/bench_data_path.py", "--quick", "--tokens", "2e6", "--steps", "5"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["corpus"]["tokens"] > 1.9e6 and out["setup"]["zero_copy"] is True, out
+    assert out["epoch_start"]["steps_per_epoch"] == (out["corpus"]["instances"] - 10_000) // 128
+    assert out["host"]["ms"] > 0 and out["fast_build"]["host_ms"] > 0 and out["plain_build"]["ms"] > 0

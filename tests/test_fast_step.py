@@ -18,13 +18,14 @@ import torch
 from electra_ray.config import ConfigError, TrainConfig, model_preset
 from electra_ray.model.electra import ElectraPretrainer
 from electra_ray.model.masking import draw_masks, masked_batch, step_generator
-from electra_ray.train.data import InstanceArrays, batch_position, build_batch, epoch_order, global_rows
+from electra_ray.train.data import InstanceArrays, build_batch, global_rows, split_rows
 from electra_ray.train.fast import (
     BatchesAhead,
     DataWaitClock,
     DeviceInstances,
     FastStep,
     bf16_autocast,
+    data_batch_on_device,
     device_batch,
     fast_fuse_linears_enabled,
     fast_overlap_enabled,
@@ -132,24 +133,26 @@ def test_batches_built_ahead_are_the_batches_built_in_line(device):
 
 
 def test_on_a_cpu_the_fast_steps_batches_are_the_plain_loops():
-    """The loop's fast step builds batches with DeviceInstances from the epoch's order; on a CPU
-    they are the plain loop's (numpy rows of global_rows, masks from the same CPU generator)."""
-    arr = random_arrays(n=100)
+    """The loop's fast step builds batches with ``data_batch_on_device`` from the epoch's order of
+    the training rows (some instances held out); on a CPU they are the plain loop's (numpy rows of
+    global_rows, masks from the same CPU generator)."""
+    arr = random_arrays(n=110)
+    train_rows, _ = split_rows(arr.n, 10, seed=4)  # 100 training rows, not 0..99
     mcfg = model_preset("tiny", vocab_size=V, pad_token_id=PAD)
     batch, seed = 16, 11
     data = DeviceInstances(arr, torch.device("cpu"))
-    kw = dict(special_ids=SPECIAL, seed=seed, mask_prob=mcfg.mask_prob, mask_token_prob=mcfg.mask_token_prob)
+    kw = dict(special_ids=SPECIAL, mask_prob=mcfg.mask_prob, mask_token_prob=mcfg.mask_token_prob)
     for cursor in (0, 1, 5, 6, 13):  # 6 batches an epoch
-        rows = global_rows(cursor, batch, arr.n, seed)
+        rows = train_rows[global_rows(cursor, batch, len(train_rows), seed)]
         ids, types, att, m = masked_batch(arr, rows, L, PAD, SPECIAL, mcfg, seed, cursor)
-        epoch, k = batch_position(cursor, batch, arr.n)
-        order = data.rows_of_epoch(epoch, lambda e=epoch: epoch_order(arr.n, seed, e))
-        got = device_batch(
+        got = data_batch_on_device(
             data,
-            order[k * batch : (k + 1) * batch],
-            L,
-            PAD,
-            key=cursor,
+            train_rows,
+            cursor,
+            batch_size=batch,
+            seed=seed,
+            seq_len=L,
+            pad_id=PAD,
             max_predictions=mcfg.max_predictions(L),
             **kw,
         )
@@ -443,6 +446,10 @@ def _rank(rank: int, folder: str, bucket_mb: float) -> None:
             },
             f"{folder}/rank0.pt",
         )
+    # both ranks done before either tears gloo down: a rank that exited while the other still had
+    # its connections open aborted at exit ("terminate called without an active exception") in
+    # ~1 of 10 runs of the bucketed case; with the barrier 0 of 40 (`-k two_ranks`, this 2-core CPU)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -67,7 +67,7 @@ import torch.distributed as dist
 
 from electra_ray.model.electra import METRIC_NAMES, metric_sums
 from electra_ray.model.masking import Masks, draw_masks, step_generator
-from electra_ray.train.data import InstanceArrays
+from electra_ray.train.data import InstanceArrays, batch_position, epoch_order
 from electra_ray.train.optim import adam_update
 
 PEAK_FLOPS = {  # dense bf16/fp16 tensor-core peaks per GPU, for MFU
@@ -213,6 +213,28 @@ def device_batch(
         masks.valid.sum().clamp(min=1).float(),
         att.sum().clamp(min=1).float(),
     )
+
+
+def data_batch_on_device(
+    data: DeviceInstances,
+    train_rows: np.ndarray,
+    cursor: int,
+    *,
+    batch_size: int,
+    seed: int,
+    seq_len: int,
+    pad_id: int,
+    **mask_kw,
+) -> DeviceBatch:
+    """Data batch ``cursor`` of a run built on ``data``'s device: the plain loop's rows
+    (``train_rows[train.data.global_rows(cursor, …)]``, from the epoch's order uploaded once per
+    epoch) and its masks, drawn from (seed, cursor). ``mask_kw``: ``DeviceInstances.masks``'s other
+    settings."""
+    n_train = len(train_rows)
+    epoch, k = batch_position(cursor, batch_size, n_train)
+    order = data.rows_of_epoch(epoch, lambda: train_rows[epoch_order(n_train, seed, epoch)])
+    rows = order[k * batch_size : (k + 1) * batch_size]
+    return device_batch(data, rows, seq_len, pad_id, key=cursor, seed=seed, **mask_kw)
 
 
 class BatchesAhead:

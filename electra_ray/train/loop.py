@@ -48,8 +48,6 @@ from electra_ray.train.checkpoint import (
     set_rng_state,
 )
 from electra_ray.train.data import (
-    batch_position,
-    epoch_order,
     global_rows,
     rows_digest,
     split_rows,
@@ -57,11 +55,10 @@ from electra_ray.train.data import (
 from electra_ray.train.fast import (
     BatchesAhead,
     DataWaitClock,
-    DeviceBatch,
     DeviceInstances,
     FastStep,
     bf16_autocast,
-    device_batch,
+    data_batch_on_device,
     fast_fuse_linears_enabled,
     fast_overlap_enabled,
     fast_step_enabled,
@@ -288,22 +285,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     batches = None
     if fast is not None:
         on_device = DeviceInstances(arrays, device)
-        mask_kw = dict(
-            special_ids=special_ids,
+        batch_kw = dict(
+            batch_size=tcfg.batch_size,
             seed=tcfg.seed,
+            seq_len=seq_len,
+            pad_id=special["pad"],
+            special_ids=special_ids,
             mask_prob=mcfg.mask_prob,
             mask_token_prob=mcfg.mask_token_prob,
             max_predictions=mcfg.max_predictions(seq_len),
         )
-
-        def build_on_device(cursor: int) -> DeviceBatch:
-            """Data batch ``cursor`` (masks drawn from (seed, cursor))."""
-            epoch, k = batch_position(cursor, tcfg.batch_size, n_train)
-            order = on_device.rows_of_epoch(epoch, lambda: train_rows[epoch_order(n_train, tcfg.seed, epoch)])
-            rows = order[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]
-            return device_batch(on_device, rows, seq_len, special["pad"], key=cursor, **mask_kw)
-
-        batches = BatchesAhead(build_on_device, device)
+        batches = BatchesAhead(
+            lambda cursor: data_batch_on_device(on_device, train_rows, cursor, **batch_kw), device
+        )
     acc = fast.acc if fast else torch.zeros(len(METRIC_NAMES), device=device, dtype=torch.float64)
     bad = fast.bad if fast else torch.zeros((), device=device, dtype=torch.float64)  # skipped steps
     digest = 0  # rows_digest of the rows this worker trained on since the last report
