@@ -16,6 +16,7 @@ from conftest import ROOT
 from electra_ray import storage
 from electra_ray.config import ConfigError, TrainConfig
 from electra_ray.train.checkpoint import load_model_state
+from electra_ray.train.loop import fast_step_error
 from electra_ray.train.trainer import pretrain
 
 quiet = {"log": lambda *_: None}
@@ -422,6 +423,11 @@ def test_a_fast_step_that_cannot_compile_says_where_why_and_what_to_do(prepared,
         "--fast-step off trains the same model with the plain eager step (slower; checkpoints resume across the two)"
     )
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"ok": False, "error": said[len("error: ") :]}
+    # a worker that had loaded compiled graphs from the run folder also names that way out
+    e = fast_step_error(RuntimeError("boom\nand more"), "auto", 1, torch.device("cpu"), cached=3)
+    assert "(--fast-step auto) could not start on worker 1 (node " in str(e), e
+    assert ", CPU): RuntimeError: boom — it had loaded 3 compiled graphs from the run folder's" in str(e), e
+    assert "--fast-compile-cache off" in str(e) and "and more" not in str(e), e
 
 
 @pytest.mark.parametrize(

@@ -117,16 +117,24 @@ def quiet_ray_report_log() -> None:
         log.setLevel(logging.WARNING)
 
 
-def fast_step_error(exc: BaseException, setting: str, rank: int, device: torch.device) -> FastStepError:
+def fast_step_error(
+    exc: BaseException, setting: str, rank: int, device: torch.device, cached: int = 0
+) -> FastStepError:
     """What a worker says when the fast step fails to compile or capture: where, why (the cause's
-    first line) and how to run without it."""
+    first line) and how to run without it; ``cached``: graphs it loaded from the run folder."""
     import ray
 
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     why = (str(exc).strip().splitlines() or [""])[0]
+    cache = (
+        f"it had loaded {cached} compiled graphs from the run folder's compile_cache/ "
+        "(--fast-compile-cache off compiles without them); "
+        if cached
+        else ""
+    )
     return FastStepError(
         f"the fast step (--fast-step {setting}) could not start on worker {rank} "
-        f"(node {ray.util.get_node_ip_address()}, {card}): {type(exc).__name__}: {why} — "
+        f"(node {ray.util.get_node_ip_address()}, {card}): {type(exc).__name__}: {why} — {cache}"
         "--fast-step off trains the same model with the plain eager step (slower; checkpoints "
         "resume across the two)"
     )
@@ -263,7 +271,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         try:
             took = fast.warm_up()
         except Exception as e:  # noqa: BLE001 - Inductor, Triton, a C compiler, CUDA graphs: any of them
-            raise fast_step_error(e, tcfg.fast_step, rank, device) from e
+            raise fast_step_error(e, tcfg.fast_step, rank, device, len(cached)) from e
         saved = (
             compile_cache.save(config["run"], device, fast.variant, loaded=cached)
             if use_cache and rank == 0
