@@ -496,9 +496,14 @@ def test_bf16_only_where_the_gpu_computes_in_it(monkeypatch):
         assert bf16_autocast(torch.device("cuda")) is want, capability
 
 
-def test_fast_step_setting():
+def test_fast_step_setting(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert fast_step_enabled("auto", cuda) and not fast_step_enabled("auto", cpu)
+    # auto: on for the GPUs Triton compiles for (a P100, 6.0, is refused by Inductor), off on CPUs
+    for capability, want in (((6, 0), False), ((7, 0), True), ((7, 5), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert fast_step_enabled("auto", cuda) is want, capability
+        assert fast_step_enabled("on", cuda) and not fast_step_enabled("off", cuda)
+    assert not fast_step_enabled("auto", cpu)
     assert fast_step_enabled("on", cpu) and not fast_step_enabled("off", cuda)
     with pytest.raises(ConfigError, match="--fast-step must be auto, on or off"):
         TrainConfig(tokenizer="t", storage_path="s", name="n", data="d", fast_step="yes")

@@ -101,9 +101,17 @@ def bf16_autocast(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+# torch.compile's GPU code is Triton's, which needs compute capability 7.0 (V100) or newer
+TRITON_MIN_CAPABILITY = (7, 0)
+
+
 def fast_step_enabled(setting: str, device: torch.device) -> bool:
-    """``--fast-step auto`` (validated by TrainConfig) means on for CUDA, off for the CPU."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    """``--fast-step auto`` (validated by TrainConfig) means on for the GPUs Triton compiles for
+    (compute capability 7.0 or newer: V100, T4, A10G, A100, L4, H100, …), off for older ones (a
+    P100: Inductor refuses them) and for the CPU."""
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= TRITON_MIN_CAPABILITY
 
 
 def fast_fuse_linears_enabled(setting: str) -> bool:

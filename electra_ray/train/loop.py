@@ -213,6 +213,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             )
     model.check_tying()
     fast_on = fast_step_enabled(tcfg.fast_step, device)
+    if device.type == "cuda" and tcfg.fast_step == "auto" and not fast_on and rank == 0:
+        major, minor = torch.cuda.get_device_capability(device)
+        print(
+            f"note: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) is older "
+            "than Triton, which compiles the fast step, supports (7.0): training with the plain step",
+            flush=True,
+        )
     # moves to the device; DDP when world > 1, except for the fast step, which all-reduces its flat
     # gradient buffer itself, by buckets during the backward pass, inside its CUDA graphs
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy=None if fast_on else "ddp")
