@@ -30,6 +30,7 @@ from electra_ray.train.fast import (
     fast_fuse_linears_enabled,
     fast_overlap_enabled,
     fast_step_enabled,
+    on_every_rank,
     wait_from_spans,
 )
 from electra_ray.train.optim import make_optimizer
@@ -451,6 +452,27 @@ def _rank(rank: int, folder: str, bucket_mb: float) -> None:
     # ~1 of 10 runs of the bucketed case; with the barrier 0 of 40 (`-k two_ranks`, this 2-core CPU)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _choose(rank: int, folder: str) -> None:
+    """One of two gloo ranks: does every rank say yes, when both do and when only rank 0 does."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    got = [on_every_rank(True, torch.device("cpu"), 2), on_every_rank(rank == 0, torch.device("cpu"), 2)]
+    torch.save(got, f"{folder}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_the_workers_agree_on_the_fast_step(tmp_path):
+    """--fast-step auto is decided from each worker's GPU; a worker whose GPU is too old for it
+    turns it off on every worker (the fast step and DDP exchange gradients differently)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_choose, args=(str(tmp_path),), nprocs=2, join=True)
+    assert [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)] == [[True, False], [True, False]]
+    assert on_every_rank(False, torch.device("cpu"), 1) is False  # one worker: no collective
 
 
 @pytest.mark.parametrize("bucket_mb", [0.0, SMALL_BUCKETS_MB], ids=["one-all-reduce", "buckets"])

@@ -120,6 +120,18 @@ def fast_fuse_linears_enabled(setting: str) -> bool:
     return setting == "on"
 
 
+def on_every_rank(flag: bool, device: torch.device, world: int) -> bool:
+    """True when ``flag`` is true on every rank (one small all-reduce when ``world`` > 1): for a
+    choice each worker makes from its own device that all of them must make alike. The fast step
+    and the plain step's DDP exchange gradients differently, so a cluster that mixes GPUs the fast
+    step cannot compile for with newer ones runs the plain step on every worker."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def fast_overlap_enabled(setting: str, device: torch.device, world: int) -> bool:
     """``--fast-overlap auto``: the generator's backward on a side stream for one CUDA worker (1.10×
     for ``small`` on an H200). Not with several workers (the gradient buckets, whose all-reduce

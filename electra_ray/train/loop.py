@@ -62,6 +62,7 @@ from electra_ray.train.fast import (
     fast_fuse_linears_enabled,
     fast_overlap_enabled,
     fast_step_enabled,
+    on_every_rank,
     peak_flops,
 )
 from electra_ray.train.optim import lr_factor, optimizer_for
@@ -212,14 +213,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 flush=True,
             )
     model.check_tying()
-    fast_on = fast_step_enabled(tcfg.fast_step, device)
-    if device.type == "cuda" and tcfg.fast_step == "auto" and not fast_on and rank == 0:
+    own = fast_step_enabled(tcfg.fast_step, device)
+    if device.type == "cuda" and tcfg.fast_step == "auto" and not own:
         major, minor = torch.cuda.get_device_capability(device)
         print(
-            f"note: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) is older "
-            "than Triton, which compiles the fast step, supports (7.0): training with the plain step",
+            f"note: worker {rank}'s {torch.cuda.get_device_name(device)} (compute capability "
+            f"{major}.{minor}) is older than Triton, which compiles the fast step, supports (7.0): "
+            f"training with the plain step{' on every worker' if world > 1 else ''}",
             flush=True,
         )
+    fast_on = on_every_rank(own, device, world)  # collective: one step for all workers
     # moves to the device; DDP when world > 1, except for the fast step, which all-reduces its flat
     # gradient buffer itself, by buckets during the backward pass, inside its CUDA graphs
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy=None if fast_on else "ddp")
