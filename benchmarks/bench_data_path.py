@@ -38,14 +38,15 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_train import SEQ, SPECIAL  # noqa: E402  (the script's folder is on sys.path)
 
 from electra_ray.config import model_preset  # noqa: E402
 from electra_ray.model.masking import masked_batch  # noqa: E402
 from electra_ray.train.data import InstanceArrays, global_rows, rows_digest, split_rows  # noqa: E402
 from electra_ray.train.fast import DeviceInstances, data_batch_on_device  # noqa: E402
 
-SEQ, BATCH, SEED = 128, 128, 7
-PAD, CLS, SEP, MASK = 0, 2, 3, 4
+BATCH, SEED = 128, 7
+CLS, SEP, PAD, MASK = SPECIAL
 
 
 def corpus(tokens: int, vocab: int, seed: int = 0) -> InstanceArrays:
@@ -91,7 +92,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     mcfg = model_preset("small", vocab_size=32768, pad_token_id=PAD)
     mask_kw = dict(
-        special_ids=(CLS, SEP, PAD, MASK),
+        special_ids=SPECIAL,
         mask_prob=mcfg.mask_prob,
         mask_token_prob=mcfg.mask_token_prob,
         max_predictions=mcfg.max_predictions(SEQ),

@@ -514,7 +514,8 @@ class TrainConfig(Config):
         default="auto",
         metadata={
             "help": "auto|on|off: the compiled training step (static shapes, CUDA graphs, "
-            "batches built on the device; docs/performance.md); auto = on with GPUs of compute capability 7.0 or newer (what Triton compiles for), off on older GPUs and on CPUs"
+            "batches built on the device; docs/performance.md); auto = on with GPUs of compute "
+            "capability 7.0 or newer (what Triton compiles for), off on older GPUs and on CPUs"
         },
     )
     fast_overlap: str = field(

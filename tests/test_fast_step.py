@@ -418,51 +418,54 @@ def _two_micro_steps(step, batch, dens, k, ranks):
         step.micro_step(ids[sl], types[sl], att[sl], m.rows(r * h, (r + 1) * h), *dens, seed=100 * k + r)
 
 
+@contextlib.contextmanager
+def _gloo(rank: int, folder: str):
+    """Rank ``rank`` of a two-rank gloo group for the block. Both ranks are done before either
+    tears gloo down: a rank that exited while the other still had its connections open aborted at
+    exit ("terminate called without an active exception") in ~1 of 10 runs of the bucketed test
+    below; with the barrier 0 of 40 (`-k two_ranks`, this 2-core CPU)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    yield
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _rank(rank: int, folder: str, bucket_mb: float) -> None:
     """One of two gloo ranks: FastStep(world=2) on its half of each batch; rank 1 starts from other
     weights, which the broadcast must replace. Rank 0 saves its parameters, gradient norms and when
     its buckets were launched."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
-    cfg, _, model, (_, opt), batch, dens = _setup("cpu")
-    if rank == 1:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(1.0)
-    step = _half_batch_step(cfg, model, opt, world=2, bucket_mb=bucket_mb)
-    assert step.state()["flat"] and step.state()["all_reduce"]
-    norms = []
-    for k in range(3):
-        _two_micro_steps(step, batch, dens, k, [rank])
-        step.step(1e-3)
-        norms.append(float(step.grad_norm))
-    if rank == 0:
-        torch.save(
-            {
-                "params": [p.detach() for p in model.parameters()],
-                "norms": norms,
-                "buckets": step.state()["buckets"],
-                "launched": step.launched,
-            },
-            f"{folder}/rank0.pt",
-        )
-    # both ranks done before either tears gloo down: a rank that exited while the other still had
-    # its connections open aborted at exit ("terminate called without an active exception") in
-    # ~1 of 10 runs of the bucketed case; with the barrier 0 of 40 (`-k two_ranks`, this 2-core CPU)
-    dist.barrier()
-    dist.destroy_process_group()
+    with _gloo(rank, folder):
+        cfg, _, model, (_, opt), batch, dens = _setup("cpu")
+        if rank == 1:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
+        step = _half_batch_step(cfg, model, opt, world=2, bucket_mb=bucket_mb)
+        assert step.state()["flat"] and step.state()["all_reduce"]
+        norms = []
+        for k in range(3):
+            _two_micro_steps(step, batch, dens, k, [rank])
+            step.step(1e-3)
+            norms.append(float(step.grad_norm))
+        if rank == 0:
+            torch.save(
+                {
+                    "params": [p.detach() for p in model.parameters()],
+                    "norms": norms,
+                    "buckets": step.state()["buckets"],
+                    "launched": step.launched,
+                },
+                f"{folder}/rank0.pt",
+            )
 
 
 def _choose(rank: int, folder: str) -> None:
     """One of two gloo ranks: does every rank say yes, when both do and when only rank 0 does."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
-    got = [on_every_rank(True, torch.device("cpu"), 2), on_every_rank(rank == 0, torch.device("cpu"), 2)]
-    torch.save(got, f"{folder}/rank{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
+    with _gloo(rank, folder):
+        cpu = torch.device("cpu")
+        torch.save([on_every_rank(True, cpu, 2), on_every_rank(rank == 0, cpu, 2)], f"{folder}/rank{rank}.pt")
 
 
 def test_the_workers_agree_on_the_fast_step(tmp_path):

@@ -101,6 +101,14 @@ def bf16_autocast(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def describe_device(device: torch.device) -> str:
+    """``CPU``, or the GPU's name and compute capability, for the workers' notes and errors."""
+    if device.type != "cuda":
+        return device.type.upper()
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+
+
 # torch.compile's GPU code is Triton's, which needs compute capability 7.0 (V100) or newer
 TRITON_MIN_CAPABILITY = (7, 0)
 

@@ -59,6 +59,7 @@ from electra_ray.train.fast import (
     FastStep,
     bf16_autocast,
     data_batch_on_device,
+    describe_device,
     fast_fuse_linears_enabled,
     fast_overlap_enabled,
     fast_step_enabled,
@@ -125,7 +126,6 @@ def fast_step_error(
     first line) and how to run without it; ``cached``: graphs it loaded from the run folder."""
     import ray
 
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     why = (str(exc).strip().splitlines() or [""])[0]
     cache = (
         f"it had loaded {cached} compiled graphs from the run folder's compile_cache/ "
@@ -135,7 +135,7 @@ def fast_step_error(
     )
     return FastStepError(
         f"the fast step (--fast-step {setting}) could not start on worker {rank} "
-        f"(node {ray.util.get_node_ip_address()}, {card}): {type(exc).__name__}: {why} — {cache}"
+        f"(node {ray.util.get_node_ip_address()}, {describe_device(device)}): {type(exc).__name__}: {why} — {cache}"
         "--fast-step off trains the same model with the plain eager step (slower; checkpoints "
         "resume across the two)"
     )
@@ -215,11 +215,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model.check_tying()
     own = fast_step_enabled(tcfg.fast_step, device)
     if device.type == "cuda" and tcfg.fast_step == "auto" and not own:
-        major, minor = torch.cuda.get_device_capability(device)
         print(
-            f"note: worker {rank}'s {torch.cuda.get_device_name(device)} (compute capability "
-            f"{major}.{minor}) is older than Triton, which compiles the fast step, supports (7.0): "
-            f"training with the plain step{' on every worker' if world > 1 else ''}",
+            f"note: worker {rank}'s {describe_device(device)} is older than Triton, which compiles "
+            f"the fast step, supports (7.0): training with the plain step{' on every worker' if world > 1 else ''}",
             flush=True,
         )
     fast_on = on_every_rank(own, device, world)  # collective: one step for all workers
@@ -230,12 +228,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     use_amp = bf16_autocast(device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     if device.type == "cuda" and not use_amp and rank == 0:
-        major, minor = torch.cuda.get_device_capability(device)
-        print(
-            f"note: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no bf16: "
-            "training in fp32",
-            flush=True,
-        )
+        print(f"note: {describe_device(device)} has no bf16: training in fp32", flush=True)
 
     fast = None
     compiled: dict[str, Any] = {}  # the fast step's compile: seconds, graphs from and to the run folder
