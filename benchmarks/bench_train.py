@@ -137,7 +137,7 @@ def fast_setup(
     import torch.distributed as dist
 
     from electra_ray.train.data import epoch_order
-    from electra_ray.train.fast import DeviceInstances, FastStep
+    from electra_ray.train.fast import DeviceInstances
 
     cfg, arr = _setup(preset, device, batch, steps)
     dev = torch.device(device)
@@ -147,15 +147,12 @@ def fast_setup(
         dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
     model, opt, _ = _model_and_optimizer(cfg, dev)
     data = DeviceInstances(arr, dev)
-    fast = FastStep(
+    fast = make_fast(
+        cfg,
         model,
         opt,
-        device=dev,
-        micro=batch,
-        seq_len=SEQ,
-        slots=cfg.max_predictions(SEQ),
-        mask_id=4,
-        clip_norm=1.0,
+        dev,
+        batch,
         graphs=graphs and device == "cuda",
         flat=flat,
         overlap=overlap,
@@ -164,6 +161,24 @@ def fast_setup(
         fuse_linears=fuse_linears,
     )
     return cfg, fast, data, data.rows_of_epoch(0, lambda: epoch_order(arr.n, 0, 0))
+
+
+def make_fast(cfg, model, opt, dev, batch: int, **options):
+    """The benchmarks' FastStep: micro-batches of ``batch`` × SEQ, the reference's clip norm."""
+    from electra_ray.train.fast import FastStep
+
+    slots = cfg.max_predictions(SEQ)
+    return FastStep(
+        model,
+        opt,
+        device=dev,
+        micro=batch,
+        seq_len=SEQ,
+        slots=slots,
+        mask_id=SPECIAL[3],
+        clip_norm=1.0,
+        **options,
+    )
 
 
 def batch_builder(data, order, batch: int, slots: int):

@@ -8,6 +8,7 @@
 #   STAGES="small ray" … runs only those stages (of: small base buckets tests ray, all by default;
 #   and profile: profile_step.py --preset small --overlap, kernel time by kind and by stream;
 #   data: bench_data_path.py, the data path with a corpus the size of all of Japanese Wikipedia;
+#   allreduce: bench_allreduce.py over every visible GPU, the gradient buckets and the scaling model;
 #   PROFILE_PRESET=base for base's, PROFILE_ARGS more flags, e.g. --fuse-linears);
 #   SMALL_VARIANTS / BASE_VARIANTS pick bench_train.py variants, VARIANT_S each one's limit, TEST_K a
 #   pytest -k expression (TEST_K=cuda: the CUDA cases alone), INDUCTOR Inductor settings for the
@@ -28,8 +29,9 @@
 # `overlap` variant builds batches ahead, `inline` does not, `overlap+fused` also fuses):
 #   OUT=$OUT STAGES='tests small data' TEST_K='built_ahead or data_wait or fused' TEST_S=120 SMALL_VARIANTS=overlap,inline,overlap+fused SMALL_S=330 VARIANT_S=140 bash benchmarks/gpu_check.sh
 # (`data`: benchmarks/bench_data_path.py, the batch build's device time at full-corpus size, ~10 s)
-# then where the step's time goes now (timeout_s 260):
-#   OUT=$OUT STAGES=profile PROFILE_S=200 bash benchmarks/gpu_check.sh
+# then where the step's time goes now, and when the GPU's backward pass has each gradient bucket
+# ready (bench_allreduce.py: its scaling model then rests on GPU timings; timeout_s 300):
+#   OUT=$OUT STAGES='profile allreduce' PROFILE_S=180 ALLREDUCE_S=90 bash benchmarks/gpu_check.sh
 # then Inductor's combo kernels on small, and base with the second stream:
 #   OUT=$OUT STAGES='small base' SMALL_VARIANTS=overlap INDUCTOR=combo_kernels=True TAG=_combo SMALL_S=150 BASE_VARIANTS=overlap,fast BASE_S=250 VARIANT_S=120 bash benchmarks/gpu_check.sh
 # and the job with the second stream, the batches built ahead, the GPU-clocked data wait and its
@@ -77,6 +79,11 @@ fi
 if on data; then  # ~10 s: the data path at the size of all of Japanese Wikipedia, on the GPU
 stamp "data path (a 1.4 GB corpus on the GPU)"
 timeout "${DATA_S:-120}" $PY benchmarks/bench_data_path.py --device cuda 2>&1 | tee "$OUT/data_path.log"
+fi
+if on allreduce; then  # ~1 min: each gradient bucket's all-reduce over every visible GPU, when the
+  # backward pass has it ready, and the scaling model for 1, 8 and 32 GPUs (bench_allreduce.py)
+stamp "all-reduce"
+timeout "${ALLREDUCE_S:-180}" $PY benchmarks/bench_allreduce.py --device cuda --preset "${ALLREDUCE_PRESETS:-small,base}" 2>&1 | tee "$OUT/allreduce.log"
 fi
 if on ray; then
   if ls "${WHL:-.whl}"/ray-*.whl >/dev/null 2>&1 || $PY -c "import ray" 2>/dev/null; then
