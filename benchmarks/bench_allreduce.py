@@ -16,6 +16,8 @@ on GPUs, gloo on CPUs):
   buckets    each bucket's all-reduce alone: median of --iters, the slowest rank's; and its bus
              bandwidth (bytes × 2(n−1)/n ÷ time, NCCL's convention)
   whole      one all-reduce of the whole flat gradient (what --allreduce-bucket-mb 0 runs)
+             (with --allreduce-dtype bf16 the gradient is summed in bf16, as pretrain.py's flag
+             does: half the bytes; the casts around it are not timed)
   pipelined  every bucket launched at once and waited for, as the step's last bucket finds them
 
 Then the scaling model (docs/performance.md, "Several GPUs"): each GPU's step takes t ms, its
@@ -178,11 +180,14 @@ def time_allreduce(dist, dev, tensors, iters: int, together: bool = False) -> fl
 
 
 def measure(preset: str, dev, world: int, a) -> dict:
+    import torch
     import torch.distributed as dist
 
     cfg, model, fast = _setup(preset, dev, world, a.batch, a.bucket_mb)
     when = arrival(cfg, model, fast, dev, a.batch)
-    grad = fast.flat[1]
+    grad = fast.flat[1]  # what goes on the wire: the flat gradient, or its copy in bf16
+    if a.allreduce_dtype == "bf16":
+        grad = torch.zeros_like(grad, dtype=torch.bfloat16)
     size = grad.element_size()
     slices = [grad[s:e] for s, e in fast.buckets]
     buckets = []
@@ -276,7 +281,8 @@ def worker(rank: int, world: int, folder: str | None, a) -> None:
     say = print if rank == 0 else (lambda *_, **__: None)
     try:
         out = {"device": torch.cuda.get_device_name(dev) if cuda else "cpu", "backend": dist.get_backend(),
-               "ranks": world, "bucket_mb": a.bucket_mb, "batch": a.batch, "presets": {}}  # fmt: skip
+               "ranks": world, "bucket_mb": a.bucket_mb, "allreduce_dtype": a.allreduce_dtype, "batch": a.batch,
+               "presets": {}}  # fmt: skip
         for preset in a.presets:
             t0 = time.perf_counter()
             m = measure(preset, dev, world, a)
@@ -318,6 +324,8 @@ def main() -> None:
                    help="processes to start (default: every visible GPU; 2 on a CPU); under torchrun, "
                    "its WORLD_SIZE")  # fmt: skip
     p.add_argument("--bucket-mb", type=float, default=25.0, help="as pretrain.py's --allreduce-bucket-mb")
+    p.add_argument("--allreduce-dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="as pretrain.py's: the dtype the gradient is summed in (bf16: half the bytes)")  # fmt: skip
     p.add_argument("--batch", type=int, default=None,
                    help="sequences in the arrival pass (default 128 on a GPU, 16 on a CPU)")  # fmt: skip
     p.add_argument("--iters", type=int, default=10, help="timed all-reduces per measurement")

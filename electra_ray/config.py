@@ -551,6 +551,14 @@ class TrainConfig(Config):
             "(0: one all-reduce after the backward pass)"
         },
     )
+    allreduce_dtype: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32|bf16: several workers sum their gradients in this dtype (the fast step and "
+            "the plain step's DDP alike); bf16 moves half the bytes, which is what limits scaling "
+            "across nodes (docs/performance.md), and rounds the sum to bf16's 8 significant bits"
+        },
+    )
     inject_nonfinite: tuple[int, ...] = field(
         default=(), metadata={"help": "fault injection for tests: data batches whose loss is made NaN"}
     )
@@ -595,6 +603,10 @@ class TrainConfig(Config):
         _check(
             self.allreduce_bucket_mb >= 0,
             f"--allreduce-bucket-mb must be >= 0, got {self.allreduce_bucket_mb}",
+        )
+        _check(
+            self.allreduce_dtype in ("fp32", "bf16"),
+            f"--allreduce-dtype must be fp32 or bf16, not {self.allreduce_dtype!r}",
         )
         for name in ("fast_step", "fast_overlap", "fast_fuse_linears"):
             value = getattr(self, name)

@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "--" + name.replace("_", "-"), choices=("auto", "on", "off"), default="auto", help=h(name)
         )
     p.add_argument("--fast-compile-cache", choices=("on", "off"), default="on", help=h("fast_compile_cache"))
+    p.add_argument("--allreduce-dtype", choices=("fp32", "bf16"), default="fp32", help=h("allreduce_dtype"))
     for flag, typ in (
         ("max_steps", int),
         ("total_steps", int),
@@ -97,6 +98,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             "fast_fuse_linears",
             "fast_compile_cache",
             "allreduce_bucket_mb",
+            "allreduce_dtype",
             "max_steps",
             "total_steps",
             "batch_size",

@@ -507,6 +507,56 @@ def test_fast_step_on_two_ranks_equals_one_rank_with_both_micro_batches(tmp_path
         torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-6)
 
 
+def _sum_rank(rank: int, folder: str, bucket_mb: float, wire: str) -> None:
+    """One of two gloo ranks: its own gradient of its half of the batch (a one-worker step), then
+    the gradient the two-worker step's update sees, summed over the ranks in ``wire``."""
+    with _gloo(rank, folder):
+        cfg, own_model, model, (own_opt, opt), batch, dens = _setup("cpu")
+        kw = dict(device=torch.device("cpu"), micro=B // 2, seq_len=L, slots=cfg.max_predictions(L),
+                  mask_id=MASK, clip_norm=1.0, compile=False, flat=True)  # fmt: skip
+        own = FastStep(own_model, own_opt, world=1, **kw)
+        _two_micro_steps(own, batch, dens, 0, [rank])
+        dtype = {"bf16": torch.bfloat16, "fp32": None}[wire]
+        step = FastStep(model, opt, world=2, bucket_mb=bucket_mb, reduce_dtype=dtype, **kw)
+        seen, update = [], step._upd
+        step._upd = lambda flat, *rest: (seen.append(flat[1].clone()), update(flat, *rest))[1]
+        _two_micro_steps(step, batch, dens, 0, [rank])
+        step.step(1e-3)
+        # the last update's (the first ones are the warm-up's)
+        torch.save(
+            {"own": own.flat[1].clone(), "summed": seen[-1], "state": step.state()}, f"{folder}/rank{rank}.pt"
+        )
+
+
+@pytest.mark.parametrize(
+    "bucket_mb,wire",
+    [(SMALL_BUCKETS_MB, "bf16"), (0.0, "bf16"), (SMALL_BUCKETS_MB, "fp32")],
+    ids=["buckets-bf16", "one-all-reduce-bf16", "buckets-fp32"],
+)
+def test_gradients_summed_in_bf16_are_the_sum_of_the_rounded_gradients(tmp_path, bucket_mb, wire):
+    """--allreduce-dtype bf16: each rank's gradient goes on the wire rounded to bf16 and the update
+    sees their sum rounded to bf16 (with two ranks that is exactly what gloo computes, so the
+    comparison is exact), whether summed by buckets during the backward pass or once after it; in
+    fp32 the update sees the exact sum."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sum_rank, args=(str(tmp_path), bucket_mb, wire), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    g0, g1 = r0["own"], r1["own"]
+    assert not torch.equal(g0, g1)
+    exact = g0 + g1
+    bf = lambda x: x.to(torch.bfloat16).float()  # noqa: E731
+    want = bf(bf(g0) + bf(g1)) if wire == "bf16" else exact
+    assert torch.equal(r0["summed"], want) and torch.equal(r1["summed"], want)
+    if wire == "bf16":
+        assert not torch.equal(want, exact)
+        # elementwise the rounding can be large where the two ranks' gradients cancel; as a whole
+        # it is bf16's: 2^-8 relative at most per rounding
+        assert float((want - exact).norm() / exact.norm()) < 2**-8
+    assert r0["state"]["reduce_dtype"] == ("bfloat16" if wire == "bf16" else "float32"), r0["state"]
+    assert (r0["state"]["buckets"] > 1) == (bucket_mb > 0), r0["state"]
+
+
 def test_bf16_only_where_the_gpu_computes_in_it(monkeypatch):
     """bf16 autocast from compute capability 8.0 (A100, A10G, L4, H100); V100 and T4 train in fp32."""
     assert not bf16_autocast(torch.device("cpu"))

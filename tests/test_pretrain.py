@@ -112,6 +112,14 @@ def test_two_workers_match_one(prepared, plain_run, tmp_path):
     assert worst < 1e-4, worst
     assert two["final"]["gen_loss"] == pytest.approx(one["final"]["gen_loss"], rel=1e-4)
     assert two["final"]["workers"] == 2 and two["final"]["nonfinite_steps"] == 1
+    # the same with the gradients summed in bf16 (--allreduce-dtype bf16: DDP's bf16 compression
+    # hook): close to the fp32 sum, not equal to it
+    bf = dict(num_workers_min=2, num_workers_max=2, allreduce_dtype="bf16")
+    half = pretrain(cfg(prepared, str(tmp_path), "two-bf16", **bf, **PLAIN), **quiet)
+    b = params(half["run"], 6)
+    off = max((c[k] - b[k]).abs().max().item() for k in c)
+    assert 0 < off < 5e-3, off  # 2.6e-4 measured (parameters after 6 steps, lr 2e-3)
+    assert half["final"]["gen_loss"] == pytest.approx(two["final"]["gen_loss"], rel=1e-2)
 
 
 def dead_pid() -> int:
@@ -221,6 +229,8 @@ def test_config_errors():
     assert TrainConfig(**base, batch_size=128, num_workers_min=2, num_workers_max=8).micro_batch == 16
     assert TrainConfig(**base, batch_size=128, num_workers_min=1, num_workers_max=3).micro_batch == 32
     assert TrainConfig(**base, batch_size=128, num_workers_min=4, num_workers_max=4).micro_batch == 32
+    with pytest.raises(ConfigError, match="--allreduce-dtype must be fp32 or bf16, not 'fp16'"):
+        TrainConfig(**base, allreduce_dtype="fp16")
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         TrainConfig(data="d", tokenizer="t", storage_path="s", name="n", preset="huge")
     with pytest.raises(ConfigError, match="either --data"):
@@ -363,6 +373,7 @@ def test_fast_step_trains_like_the_plain_step(prepared, plain_run, tmp_path):
     was, now = first["fast_step"], s["fast_step"]
     assert was["cache_loaded"] == 0 and was["cache_saved"] > 0, was
     assert now["cache_loaded"] == was["cache_saved"] and now["cache_saved"] == 0, now
+    assert (was["reduce_dtype"], now["reduce_dtype"]) == (None, "float32")  # --allreduce-dtype fp32
     one = pretrain(cfg(prepared, runs, "fused", **fast, fast_fuse_linears="on"), **quiet)
     assert one["fast_step"]["cache_loaded"] == 0 and one["fast_step"]["compile_s"] > 0
     # one file per variant of the step (the fused projections are another graph)

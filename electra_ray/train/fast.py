@@ -492,6 +492,9 @@ class FastStep:
     the last all-reduced micro-batch, how many parameters' gradients had arrived when each bucket's
     all-reduce was launched (all of them: no overlap).
 
+    ``reduce_dtype`` (e.g. ``torch.bfloat16``): the gradient is summed over the ranks in that dtype
+    (half the bytes on the wire; the sum rounded to it), through a buffer of its own.
+
     ``flat`` (the default; required with ``world`` > 1) moves the parameters, gradients and Adam
     moments into one buffer each (the parameters become views of it, in the optimizer's group
     order), so the update is one compiled function over four tensors; state dicts, checkpoints and
@@ -520,6 +523,7 @@ class FastStep:
         bucket_mb: float = 25.0,
         accum: int = 1,
         fuse_linears: bool = False,
+        reduce_dtype: torch.dtype | None = None,
     ) -> None:
         self.model, self.opt, self.device = model, opt, device
         # the linear layers that read the same tensor (query, key, value) compiled as one
@@ -572,6 +576,11 @@ class FastStep:
                     "share one dtype and device"
                 )
             dist.broadcast(self.flat[0], src=0)  # every rank starts from rank 0's weights, as with DDP
+        # the gradient summed over the ranks in another dtype (bf16: half the bytes on the wire),
+        # through a buffer of that dtype that keeps its storage (the captured graphs read it)
+        self._wire: torch.Tensor | None = None
+        if self.all_reduce and reduce_dtype is not None and reduce_dtype != self.flat[1].dtype:
+            self._wire = torch.zeros_like(self.flat[1], dtype=reduce_dtype)
         self.bind_optimizer_state()
         # buckets of the flat gradient all-reduced during the backward pass (not beside ``overlap``,
         # whose two backward passes would each deliver a part of the shared embeddings' gradient)
@@ -701,10 +710,28 @@ class FastStep:
             torch._foreach_add_([a for a, _ in pending], [g for _, g in pending])
             pending.clear()
         if self._reduce:
-            start, end = self.buckets[b]
-            self._works.append(dist.all_reduce(self.flat[1][start:end], async_op=True))
+            self._works.append(self._launch(*self.buckets[b]))
             self.launched.append(self._seen)
         self._next = b + 1
+
+    def _launch(self, start: int, end: int) -> tuple[Any, int, int]:
+        """Start summing the flat gradient's ``[start, end)`` over the ranks (asynchronous); with
+        ``reduce_dtype``, a copy of it in the wire buffer (``_land`` copies the sum back)."""
+        assert self.flat is not None
+        grad = self.flat[1][start:end]
+        if self._wire is not None:
+            grad = self._wire[start:end]
+            grad.copy_(self.flat[1][start:end])
+        return dist.all_reduce(grad, async_op=True), start, end
+
+    def _land(self, works: list[tuple[Any, int, int]]) -> None:
+        """The current stream waits for the collectives (captured on CUDA); sums made in the wire
+        buffer are copied back into the flat gradient."""
+        assert self.flat is not None
+        for work, start, end in works:
+            work.wait()
+            if self._wire is not None:
+                self.flat[1][start:end].copy_(self._wire[start:end])
 
     def bind_optimizer_state(self) -> None:
         """(Re)build the update's argument lists from the optimizer; call after loading its state
@@ -772,8 +799,7 @@ class FastStep:
                     self._expected[self._bucket_of[id(p)]] -= 1
             while self._next < len(self.buckets):  # complete but behind an unused parameter's bucket
                 self._flush(self._next)
-            for work in self._works:  # the current stream waits for the collectives (captured on CUDA)
-                work.wait()
+            self._land(self._works)
             self._works.clear()
         self.acc.add_(metrics)
 
@@ -934,7 +960,7 @@ class FastStep:
         self.lr.fill_(lr)
         if self.all_reduce and not self.buckets:  # one collective between the two graphs
             assert self.flat is not None
-            dist.all_reduce(self.flat[1])
+            self._land([self._launch(0, self.flat[1].numel())])
         if self._graph_upd is not None:
             self._graph_upd.replay()
         else:
@@ -950,4 +976,12 @@ class FastStep:
             "cut": self.cut,
             "overlap": self.overlap,
             "fuse_linears": self.fuser is not None,
+            "reduce_dtype": self.reduce_dtype,
         }
+
+    @property
+    def reduce_dtype(self) -> str | None:
+        """The dtype the gradient is summed over the ranks in (None: not summed)."""
+        if not self.all_reduce or self.flat is None:
+            return None
+        return str((self.flat[1] if self._wire is None else self._wire).dtype).removeprefix("torch.")

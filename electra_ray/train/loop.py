@@ -141,6 +141,16 @@ def fast_step_error(
     )
 
 
+def bf16_mean_hook(_state, bucket):  # unannotated: DDP refuses this module's string annotations
+    """A DDP communication hook: a bucket's gradients (a ``dist.GradBucket``) averaged over the
+    ranks in bf16, half the bytes of DDP's fp32 all-reduce; returns the future of the averaged
+    fp32 buffer. torch's own bf16_compress_hook refuses anything but NCCL; this one runs on gloo
+    too, so the CPU tests exercise what a GPU cluster runs."""
+    buf = bucket.buffer()
+    wire = (buf / dist.get_world_size()).to(torch.bfloat16)
+    return dist.all_reduce(wire, async_op=True).get_future().then(lambda fut: buf.copy_(fut.value()[0]))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray
     import ray.train
@@ -225,6 +235,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # gradient buffer itself, by buckets during the backward pass, inside its CUDA graphs
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy=None if fast_on else "ddp")
     model.check_tying()
+    wire = torch.bfloat16 if tcfg.allreduce_dtype == "bf16" else None  # --allreduce-dtype
+    if wire is not None and world > 1 and not fast_on:  # DDP's buckets, summed in bf16
+        ddp_model.register_comm_hook(None, bf16_mean_hook)
     use_amp = bf16_autocast(device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     if device.type == "cuda" and not use_amp and rank == 0:
@@ -247,6 +260,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             accum=accum,
             overlap=fast_overlap_enabled(tcfg.fast_overlap, device, world),
             fuse_linears=fast_fuse_linears_enabled(tcfg.fast_fuse_linears),
+            reduce_dtype=wire,
         )
         if rank == 0:
             n = len(fast.buckets)
@@ -255,7 +269,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 "during the backward pass"
                 if n
                 else f"; {world} workers, one all-reduce of the flat gradients per step"
-            )
+            ) + (" (in bf16)" if wire is not None else "")
             side = (  # --fast-overlap
                 "; the generator's backward pass on a second CUDA stream"
                 if device.type == "cuda"
@@ -281,6 +295,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             else 0
         )
         compiled = {"compile_s": round(took, 1), "cache_loaded": len(cached), "cache_saved": saved}
+        compiled["reduce_dtype"] = fast.reduce_dtype  # None on one worker
         if rank == 0:
             where = f" ({len(cached)} compiled graphs from the run folder)" if cached else ""
             wrote = f"; {saved} written to the run folder's compile cache" if saved else ""
