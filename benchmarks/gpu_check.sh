@@ -29,9 +29,10 @@
 # `overlap` variant builds batches ahead, `inline` does not, `overlap+fused` also fuses):
 #   OUT=$OUT STAGES='tests small data' TEST_K='built_ahead or data_wait or fused' TEST_S=120 SMALL_VARIANTS=overlap,inline,overlap+fused SMALL_S=330 VARIANT_S=140 bash benchmarks/gpu_check.sh
 # (`data`: benchmarks/bench_data_path.py, the batch build's device time at full-corpus size, ~10 s)
-# then where the step's time goes now, and when the GPU's backward pass has each gradient bucket
-# ready (bench_allreduce.py: its scaling model then rests on GPU timings; timeout_s 300):
-#   OUT=$OUT STAGES='profile allreduce' PROFILE_S=180 ALLREDUCE_S=90 bash benchmarks/gpu_check.sh
+# then where the step's time goes now, when the GPU's backward pass has each gradient bucket ready
+# (bench_allreduce.py: its scaling model then rests on GPU timings), and the bucketed all-reduce
+# in bf16 captured with NCCL (--allreduce-dtype bf16; timeout_s 420):
+#   OUT=$OUT STAGES='tests profile allreduce' TEST_K=cuda-bf16 TEST_S=100 PROFILE_S=180 ALLREDUCE_S=90 bash benchmarks/gpu_check.sh
 # then Inductor's combo kernels on small, and base with the second stream:
 #   OUT=$OUT STAGES='small base' SMALL_VARIANTS=overlap INDUCTOR=combo_kernels=True TAG=_combo SMALL_S=150 BASE_VARIANTS=overlap,fast BASE_S=250 VARIANT_S=120 bash benchmarks/gpu_check.sh
 # and the job with the second stream, the batches built ahead, the GPU-clocked data wait and its

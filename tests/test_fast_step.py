@@ -595,8 +595,12 @@ def test_fast_step_setting(monkeypatch):
         TrainConfig(tokenizer="t", storage_path="s", name="n", data="d", fast_fuse_linears="yes")
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_buckets_all_reduced_during_a_compiled_backward(device, tmp_path, fallback_random):
+# on a GPU also with the gradients summed in bf16 (the wire buffer's copies captured with the
+# collectives); on a CPU that is test_gradients_summed_in_bf16_are_the_sum_of_the_rounded_gradients
+@pytest.mark.parametrize(
+    "device,wire", [(d, w) for d in DEVICES for w in (["fp32", "bf16"] if d == "cuda" else ["fp32"])]
+)
+def test_buckets_all_reduced_during_a_compiled_backward(device, wire, tmp_path, fallback_random):
     """One rank of a real process group (gloo; NCCL on a GPU, where the collectives are captured in
     the graph): the compiled forward cut into pieces delivers its gradients piece by piece, so the
     first buckets are launched long before the backward pass ends; with two micro-batches a step,
@@ -610,9 +614,10 @@ def test_buckets_all_reduced_during_a_compiled_backward(device, tmp_path, fallba
         step = FastStep(
             model, opt, device=torch.device(device), micro=B // 2, seq_len=L,
             slots=cfg.max_predictions(L), mask_id=MASK, clip_norm=1.0,
-            all_reduce=True, bucket_mb=0.1, accum=2,
+            all_reduce=True, bucket_mb=0.1, accum=2, reduce_dtype=torch.bfloat16 if wire == "bf16" else None,
         )  # fmt: skip
         state = step.state()  # 100 KB buckets (the fewer the pieces, the quicker the compilation)
+        assert state["reduce_dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[wire]
         # graphs are captured at the first micro-step, not yet
         assert state["cut"] and state["buckets"] >= 4 and not state["graphs"]
         assert step.variant == f"{B // 2}x{L}-{cfg.max_predictions(L)}slots-cut{state['buckets']}"
