@@ -32,7 +32,7 @@
 # then where the step's time goes now, when the GPU's backward pass has each gradient bucket ready
 # (bench_allreduce.py: its scaling model then rests on GPU timings), and the bucketed all-reduce
 # in bf16 captured with NCCL (--allreduce-dtype bf16; timeout_s 420):
-#   OUT=$OUT STAGES='tests profile allreduce' TEST_K=cuda-bf16 TEST_S=100 PROFILE_S=180 ALLREDUCE_S=90 bash benchmarks/gpu_check.sh
+#   OUT=$OUT STAGES='tests profile allreduce' TEST_K=cuda-bf16 TEST_S=100 PROFILE_S=180 ALLREDUCE_S=60 bash benchmarks/gpu_check.sh
 # then Inductor's combo kernels on small, and base with the second stream:
 #   OUT=$OUT STAGES='small base' SMALL_VARIANTS=overlap INDUCTOR=combo_kernels=True TAG=_combo SMALL_S=150 BASE_VARIANTS=overlap,fast BASE_S=250 VARIANT_S=120 bash benchmarks/gpu_check.sh
 # and the job with the second stream, the batches built ahead, the GPU-clocked data wait and its
@@ -84,7 +84,10 @@ fi
 if on allreduce; then  # ~1 min: each gradient bucket's all-reduce over every visible GPU, when the
   # backward pass has it ready, and the scaling model for 1, 8 and 32 GPUs (bench_allreduce.py)
 stamp "all-reduce"
-timeout "${ALLREDUCE_S:-180}" $PY benchmarks/bench_allreduce.py --device cuda --preset "${ALLREDUCE_PRESETS:-small,base}" 2>&1 | tee "$OUT/allreduce.log"
+for dt in ${ALLREDUCE_DTYPES:-fp32 bf16}; do  # each run's limit ALLREDUCE_S
+  timeout "${ALLREDUCE_S:-120}" $PY benchmarks/bench_allreduce.py --device cuda --preset "${ALLREDUCE_PRESETS:-small,base}" \
+    --allreduce-dtype "$dt" 2>&1 | tee "$OUT/allreduce_$dt.log"
+done
 fi
 if on ray; then
   if ls "${WHL:-.whl}"/ray-*.whl >/dev/null 2>&1 || $PY -c "import ray" 2>/dev/null; then
