@@ -9,10 +9,10 @@ Per preset, on every rank, the gradient as each of several workers' fast step ho
 one flat buffer, cut into buckets of --bucket-mb in the order the backward pass fills them; NCCL
 on GPUs, gloo on CPUs):
 
-  arrival    one eager forward and backward pass of --batch sequences (after one warm-up pass),
-             the device synchronised at each parameter's gradient: when each bucket is complete
-             (its all-reduce can start), as a fraction of the backward pass, and the backward
-             pass's share of forward + backward
+  arrival    eager forward and backward passes of --batch sequences (the median of --passes,
+             after a warm-up pass), the device synchronised at each parameter's gradient: when
+             each bucket is complete (its all-reduce can start), as a fraction of the backward
+             pass, and the backward pass's share of forward + backward
   buckets    each bucket's all-reduce alone: median of --iters, the slowest rank's; and its bus
              bandwidth (bytes × 2(n−1)/n ÷ time, NCCL's convention)
   whole      one all-reduce of the whole flat gradient (what --allreduce-bucket-mb 0 runs)
@@ -98,9 +98,10 @@ def _setup(preset: str, dev, world: int, batch: int, bucket_mb: float):
     return cfg, model, make_fast(cfg, model, opt, dev, batch, **opts)
 
 
-def arrival(cfg, model, fast, dev, batch: int) -> dict:
-    """One eager forward + backward pass with the device synchronised at each parameter's gradient:
-    each bucket's ready time as a fraction of the backward pass, in bucket (launch) order."""
+def arrival(cfg, model, fast, dev, batch: int, passes: int) -> dict:
+    """Eager forward + backward passes with the device synchronised at each parameter's gradient:
+    each bucket's ready time as a fraction of the backward pass, in bucket (launch) order; the
+    median of ``passes`` passes after a warm-up pass."""
     import torch
 
     from electra_ray.model.masking import draw_masks, step_generator
@@ -130,7 +131,8 @@ def arrival(cfg, model, fast, dev, batch: int) -> dict:
         return at
 
     handles = [p.register_hook(hook(p)) for p in params]
-    for _ in range(2):  # the first pass warms up the kernels and the allocator
+    runs = []
+    for i in range(passes + 1):  # the first pass warms up the kernels and the allocator
         seen.clear()
         _sync(dev)
         t0 = time.perf_counter()
@@ -142,17 +144,24 @@ def arrival(cfg, model, fast, dev, batch: int) -> dict:
         _sync(dev)
         t2 = time.perf_counter()
         grad.zero_()
+        done = [t1] * len(fast.buckets)
+        for p in params:  # a parameter without a gradient (unused) holds its bucket to the end
+            b = bucket_of[id(p)]
+            done[b] = max(done[b], seen.get(id(p), t2))
+        ready, latest = [], t1
+        for t in done:  # launched in bucket order: a bucket waits for the ones before it
+            latest = max(latest, t)
+            ready.append((latest - t1) / (t2 - t1))
+        if i:
+            runs.append((ready, (t1 - t0) * 1e3, (t2 - t1) * 1e3))
     for h in handles:
         h.remove()
-    done = [t1] * len(fast.buckets)
-    for p in params:  # a parameter without a gradient (unused) holds its bucket to the end
-        b = bucket_of[id(p)]
-        done[b] = max(done[b], seen.get(id(p), t2))
-    ready, latest = [], t1
-    for t in done:  # launched in bucket order: a bucket waits for the ones before it
-        latest = max(latest, t)
-        ready.append((latest - t1) / (t2 - t1))
-    return {"ready": ready, "forward_ms": (t1 - t0) * 1e3, "backward_ms": (t2 - t1) * 1e3}
+    med = statistics.median
+    return {
+        "ready": [med(r[0][b] for r in runs) for b in range(len(fast.buckets))],
+        "forward_ms": med(r[1] for r in runs),
+        "backward_ms": med(r[2] for r in runs),
+    }
 
 
 def time_allreduce(dist, dev, tensors, iters: int, together: bool = False) -> float:
@@ -184,7 +193,7 @@ def measure(preset: str, dev, world: int, a) -> dict:
     import torch.distributed as dist
 
     cfg, model, fast = _setup(preset, dev, world, a.batch, a.bucket_mb)
-    when = arrival(cfg, model, fast, dev, a.batch)
+    when = arrival(cfg, model, fast, dev, a.batch, a.passes)
     grad = fast.flat[1]  # what goes on the wire: the flat gradient, or its copy in bf16
     if a.allreduce_dtype == "bf16":
         grad = torch.zeros_like(grad, dtype=torch.bfloat16)
@@ -327,8 +336,9 @@ def main() -> None:
     p.add_argument("--allreduce-dtype", choices=("fp32", "bf16"), default="fp32",
                    help="as pretrain.py's: the dtype the gradient is summed in (bf16: half the bytes)")  # fmt: skip
     p.add_argument("--batch", type=int, default=None,
-                   help="sequences in the arrival pass (default 128 on a GPU, 16 on a CPU)")  # fmt: skip
+                   help="sequences in the arrival pass (default 128 on a GPU, 8 on a CPU)")  # fmt: skip
     p.add_argument("--iters", type=int, default=10, help="timed all-reduces per measurement")
+    p.add_argument("--passes", type=int, default=3, help="timed arrival passes (the median is kept)")
     p.add_argument("--step-ms", default="",
                    help="PRESET=MS,…: the one-GPU step of 128 × 128 (default small=12.43,base=36.4, the H200's)")  # fmt: skip
     p.add_argument("--backward-share", type=float, default=None,
@@ -348,6 +358,8 @@ def main() -> None:
         p.error("--bus-gbps needs N=GB/s pairs with positive bandwidths")
     if a.backward_share is not None and not 0 < a.backward_share <= 1:
         p.error("--backward-share must be in (0, 1]")
+    if a.passes < 1 or a.iters < 1:
+        p.error("--passes and --iters must be >= 1")
     if a.bucket_mb <= 0:
         p.error("--bucket-mb must be > 0 (the buckets are what is measured)")
     import torch
@@ -357,7 +369,7 @@ def main() -> None:
         if not torch.cuda.is_available():
             p.error("--device cuda: no GPU is visible")
     if a.batch is None:
-        a.batch = 128 if cuda else 16
+        a.batch = 128 if cuda else 8
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None, a)
         return

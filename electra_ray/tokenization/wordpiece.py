@@ -23,7 +23,7 @@ import unicodedata
 from collections.abc import Iterable
 from itertools import chain
 
-from electra_ray.tokenization.mecab import special_splitter, tagger
+from electra_ray.tokenization.mecab import cut_at_nul, special_splitter, tagger
 
 SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -179,7 +179,7 @@ class JapaneseWordPieceTokenizer:
         return tuple(out)
 
     def _chunk(self, text: str, out: list[int]) -> None:
-        text = unicodedata.normalize("NFKC", text)
+        text = cut_at_nul(unicodedata.normalize("NFKC", text))
         if not text:
             return
         parse = self._parse or self._bind_tagger()
