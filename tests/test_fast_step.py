@@ -410,10 +410,10 @@ def _half_batch_step(cfg, model, opt, world, bucket_mb=0.0):
     )  # fmt: skip
 
 
-def _two_micro_steps(step, batch, dens, k, ranks):
-    """Micro-batches ``ranks`` of the batch's two halves (seeded by their index, as the loop does)."""
+def _two_micro_steps(step, batch, dens, k, ranks, h=B // 2):
+    """Micro-batches ``ranks`` of the batch's two halves, or of its parts of ``h`` sequences
+    (seeded by their index, as the loop does)."""
     ids, types, att, m = batch
-    h = B // 2
     for r in ranks:
         sl = slice(r * h, (r + 1) * h)
         step.micro_step(ids[sl], types[sl], att[sl], m.rows(r * h, (r + 1) * h), *dens, seed=100 * k + r)
@@ -504,6 +504,56 @@ def test_fast_step_on_two_ranks_equals_one_rank_with_both_micro_batches(tmp_path
         step.step(1e-3)
         norms.append(float(step.grad_norm))
     assert got["norms"] == pytest.approx(norms, rel=5e-5)  # sums in another order
+    for want, p in zip(model.parameters(), got["params"]):
+        torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-6)
+
+
+def _uneven_rank(rank: int, folder: str) -> None:
+    """One of two gloo ranks sharing 3 micro-batches as the loop deals them: rank 0 one, rank 1
+    two (FastStep(accum=…) differs between the ranks); rank 0 saves its parameters and norms."""
+    with _gloo(rank, folder):
+        cfg, _, model, (_, opt), batch, _ = _setup("cpu")
+        mine = [0] if rank == 0 else [1, 2]
+        step = FastStep(
+            model, opt, device=torch.device("cpu"), micro=2, seq_len=L, slots=cfg.max_predictions(L),
+            mask_id=MASK, clip_norm=1.0, compile=False, world=2, bucket_mb=SMALL_BUCKETS_MB, accum=len(mine),
+        )  # fmt: skip
+        norms = []
+        for k in range(3):
+            _two_micro_steps(step, batch, _dens_of_six(batch), k, mine, h=2)
+            step.step(1e-3)
+            norms.append(float(step.grad_norm))
+        if rank == 0:
+            torch.save(
+                {"params": [p.detach() for p in model.parameters()], "norms": norms}, f"{folder}/rank0.pt"
+            )
+
+
+def _dens_of_six(batch):
+    """The loss denominators of the batch's first 6 sequences (3 micro-batches of 2)."""
+    _, _, att, m = batch
+    return m.valid[:6].sum().float(), att[:6].sum().float()
+
+
+def test_ranks_with_uneven_micro_batches_give_the_one_rank_update(tmp_path):
+    """3 micro-batches on 2 workers (an elastic resize can leave such a split): each rank all-reduces
+    its buckets during its own last micro-batch, rank 0 during its first and rank 1 during its
+    second, and the update is still one worker's over all three."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_uneven_rank, args=(str(tmp_path),), nprocs=2, join=True)
+    got = torch.load(tmp_path / "rank0.pt")
+    cfg, _, model, (_, opt), batch, _ = _setup("cpu")
+    step = FastStep(
+        model, opt, device=torch.device("cpu"), micro=2, seq_len=L, slots=cfg.max_predictions(L),
+        mask_id=MASK, clip_norm=1.0, compile=False, world=1,
+    )  # fmt: skip
+    norms = []
+    for k in range(3):
+        _two_micro_steps(step, batch, _dens_of_six(batch), k, [0, 1, 2], h=2)
+        step.step(1e-3)
+        norms.append(float(step.grad_norm))
+    assert got["norms"] == pytest.approx(norms, rel=5e-5)
     for want, p in zip(model.parameters(), got["params"]):
         torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-6)
 
