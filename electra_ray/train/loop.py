@@ -238,6 +238,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     wire = torch.bfloat16 if tcfg.allreduce_dtype == "bf16" else None  # --allreduce-dtype
     if wire is not None and world > 1 and not fast_on:  # DDP's buckets, summed in bf16
         ddp_model.register_comm_hook(None, bf16_mean_hook)
+        if rank == 0:
+            print(f"plain step: {world} workers, DDP's gradient buckets averaged in bf16", flush=True)
     use_amp = bf16_autocast(device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     if device.type == "cuda" and not use_amp and rank == 0:
