@@ -417,11 +417,12 @@ def test_fast_step_trains_like_the_plain_step(prepared, plain_run, tmp_path):
 def test_a_fast_step_that_cannot_compile_says_where_why_and_what_to_do(prepared, tmp_path):
     """A worker's node without a working C++ compiler (Inductor needs one on CPUs, Triton on GPUs):
     the job ends with one error line naming the worker, its node and device, the cause and the
-    flag that trains without the fast step, not with Ray's and Inductor's tracebacks."""
+    flag that trains without the fast step, not with Ray's and Inductor's tracebacks; and at the
+    first attempt, though --max-failures allows restarts (each would compile again, and fail)."""
     c = cfg(prepared, str(tmp_path / "runs"), "nocc", max_steps=2)
     r = _job(
         *cli_args(c),
-        *("--storage-path", c.storage_path, "--name", c.name, "--fast-step", "on", "--max-failures", "0"),
+        *("--storage-path", c.storage_path, "--name", c.name, "--fast-step", "on", "--max-failures", "2"),
         CXX=str(tmp_path / "no-such-compiler"),
         TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),  # cold: a cached graph needs no compiler
     )
@@ -434,6 +435,7 @@ def test_a_fast_step_that_cannot_compile_says_where_why_and_what_to_do(prepared,
         "--fast-step off trains the same model with the plain eager step (slower; checkpoints resume across the two)"
     )
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"ok": False, "error": said[len("error: ") :]}
+    assert (r.stdout + r.stderr).count("fast step: compiling") == 1, "one attempt, no restart"
     # a worker that had loaded compiled graphs from the run folder also names that way out
     e = fast_step_error(RuntimeError("boom\nand more"), "auto", 1, torch.device("cpu"), cached=3)
     assert "(--fast-step auto) could not start on worker 1 (node " in str(e), e

@@ -172,9 +172,9 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     import pyarrow.fs as pafs
     import ray
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from electra_ray.train.data import arrays_from_tables, load_instances
+    from electra_ray.train.failures import Trainer  # TorchTrainer, without restarts that cannot help
     from electra_ray.train.loop import train_loop_per_worker
     from electra_ray.train.metrics import TB_PREFIX, MetricsLogger, plot_curves
 
@@ -231,7 +231,7 @@ def pretrain(cfg: TrainConfig, *, log=print) -> dict[str, Any]:
     tb_dir = storage.scratch_folder(TB_PREFIX)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", PRINT_PATCH)
-    trainer = TorchTrainer(
+    trainer = Trainer(
         train_loop_per_worker,
         train_loop_config={
             "train": cfg.to_dict(),
