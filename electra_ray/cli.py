@@ -116,7 +116,10 @@ def root_cause(exc: BaseException) -> BaseException:
         cause = getattr(e, "cause", None)
         failures = getattr(e, "worker_failures", None)  # Ray Train's WorkerGroupError: rank → error
         if isinstance(failures, dict) and failures:
-            cause = failures[min(failures)]
+            # the lowest rank whose error is ours, not a collective torn down by its failure
+            ranks = sorted(failures)
+            ours = [r for r in ranks if isinstance(root_cause(failures[r]), USER_ERRORS)]
+            cause = failures[(ours or ranks)[0]]
         e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
     return exc
 

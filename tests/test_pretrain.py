@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT
 
 from electra_ray import storage
-from electra_ray.config import ConfigError, TrainConfig
+from electra_ray.config import ConfigError, FastStepError, TrainConfig
 from electra_ray.train.checkpoint import load_model_state
 from electra_ray.train.loop import fast_step_error
 from electra_ray.train.trainer import pretrain
@@ -441,6 +441,25 @@ def test_a_fast_step_that_cannot_compile_says_where_why_and_what_to_do(prepared,
     assert "(--fast-step auto) could not start on worker 1 (node " in str(e), e
     assert ", CPU): RuntimeError: boom — it had loaded 3 compiled graphs from the run folder's" in str(e), e
     assert "--fast-compile-cache off" in str(e) and "and more" not in str(e), e
+
+
+def test_the_worker_error_that_says_why_is_the_one_reported_and_not_retried():
+    """Several workers fail together: the one whose error is ours (here rank 1's FastStepError) is
+    the job's error line, not rank 0's collective torn down by it; and a FastStepError on any
+    worker is not retried (a restart would compile again and fail again)."""
+    from ray.train import WorkerGroupError
+
+    from electra_ray.cli import root_cause
+    from electra_ray.train.failures import cannot_be_cured_by_a_restart
+
+    torn = RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+    why = FastStepError("the fast step (--fast-step on) could not start on worker 1 (node 10.0.0.2, CPU): …")
+    both = WorkerGroupError("2 workers failed", {0: torn, 1: why})
+    assert root_cause(both) is why and cannot_be_cured_by_a_restart(both)
+    first = FastStepError("worker 0's")
+    assert root_cause(WorkerGroupError("", {1: why, 0: first})) is first  # the lowest rank among ours
+    lost = WorkerGroupError("a node died", {0: torn, 1: RuntimeError("worker died")})
+    assert root_cause(lost) is lost and not cannot_be_cured_by_a_restart(lost)  # retried, as before
 
 
 @pytest.mark.parametrize(
