@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import sys
 import time
 
 import numpy as np
@@ -421,16 +423,21 @@ def _two_micro_steps(step, batch, dens, k, ranks, h=B // 2):
 
 @contextlib.contextmanager
 def _gloo(rank: int, folder: str):
-    """Rank ``rank`` of a two-rank gloo group for the block. Both ranks are done before either
-    tears gloo down: a rank that exited while the other still had its connections open aborted at
-    exit ("terminate called without an active exception") in ~1 of 10 runs of the bucketed test
-    below; with the barrier 0 of 40 (`-k two_ranks`, this 2-core CPU)."""
+    """Rank ``rank`` of a two-rank gloo group for the block; the process ends with it. Both ranks
+    are done before either tears gloo down: a rank that exited while the other still had its
+    connections open aborted at exit ("terminate called without an active exception") in ~1 of 10
+    runs of the bucketed test below; with the barrier 0 of 40 (`-k two_ranks`, this 2-core CPU)."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
     yield
     dist.barrier()
     dist.destroy_process_group()
+    # and the process ends here, its work saved: gloo's threads could still abort it at its normal
+    # exit once the other rank had gone (seen once in bench_allreduce.py's two ranks, barrier and all)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _rank(rank: int, folder: str, bucket_mb: float) -> None:
