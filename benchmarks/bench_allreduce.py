@@ -72,6 +72,12 @@ def exposed_ms(backward_ms: float, ready: list[float], comm_ms: list[float]) -> 
     return max(0.0, end - backward_ms)
 
 
+def bus_gbps(nbytes: float, n: int, ms: float) -> float | None:
+    """The bus bandwidth of an all-reduce of ``nbytes`` over ``n`` ranks that took ``ms`` (NCCL's
+    convention: ``ring_ms`` inverted, latency included); None for one rank."""
+    return 2 * (n - 1) / n * nbytes / (ms / 1e3) / 1e9 if n > 1 else None
+
+
 def bus_gbps_for(n: int, table: dict[int, float]) -> float:
     """The assumed bus bandwidth of the smallest listed world size >= n (else the largest's)."""
     sizes = sorted(table)
@@ -203,8 +209,9 @@ def measure(preset: str, dev, world: int, a) -> dict:
     for sl, ready in zip(slices, when["ready"]):
         ms = time_allreduce(dist, dev, [sl], a.iters)
         nbytes = sl.numel() * size
-        busbw = 2 * (world - 1) / world * nbytes / (ms / 1e3) / 1e9 if world > 1 else None
-        buckets.append({"mb": nbytes / 2**20, "ready": ready, "ms": ms, "bus_gbps": busbw})
+        buckets.append(
+            {"mb": nbytes / 2**20, "ready": ready, "ms": ms, "bus_gbps": bus_gbps(nbytes, world, ms)}
+        )
     whole_ms = time_allreduce(dist, dev, [grad], a.iters)
     pipelined_ms = time_allreduce(dist, dev, slices, a.iters, together=True)
     return {
@@ -215,9 +222,7 @@ def measure(preset: str, dev, world: int, a) -> dict:
         "backward_share": when["backward_ms"] / (when["forward_ms"] + when["backward_ms"]),
         "buckets": buckets,
         "whole_ms": whole_ms,
-        "whole_bus_gbps": 2 * (world - 1) / world * grad.numel() * size / (whole_ms / 1e3) / 1e9
-        if world > 1
-        else None,
+        "whole_bus_gbps": bus_gbps(grad.numel() * size, world, whole_ms),
         "pipelined_ms": pipelined_ms,
     }
 
@@ -350,7 +355,7 @@ def main() -> None:
     p.add_argument("--backward-share", type=float, default=None,
                    help="the backward pass's share of a GPU step in the model (default: as measured here)")  # fmt: skip
     p.add_argument("--gpus", default="1,8,32", help="world sizes of the model's rows")
-    p.add_argument("--bus-gbps", default="8=400,32=45",
+    p.add_argument("--bus-gbps", default=",".join(f"{n}={g:g}" for n, g in BUS_GBPS.items()),
                    help="N=GB/s,…: assumed bus bandwidth up to N GPUs (NVLink in a node; the network across nodes)")  # fmt: skip
     p.add_argument(
         "--latency-us", type=float, default=25.0, help="assumed time of one collective beyond its bytes"

@@ -105,7 +105,13 @@ def _forwarded_env() -> dict[str, str]:
 
 
 def root_cause(exc: BaseException) -> BaseException:
-    """The user-level exception inside Ray's wrappers (RayTaskError, UserCodeException, …)."""
+    """The user-level exception inside Ray's wrappers (RayTaskError, UserCodeException, …), else
+    ``exc`` itself."""
+    return _ours(exc) or exc
+
+
+def _ours(exc: BaseException) -> BaseException | None:
+    """The outermost ``USER_ERRORS`` exception in ``exc``'s chain (None when there is none)."""
     seen = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
@@ -113,15 +119,13 @@ def root_cause(exc: BaseException) -> BaseException:
         wrapper = type(e).__name__.startswith(("RayTaskError", "UserCodeException", "RayError"))
         if isinstance(e, USER_ERRORS) and not wrapper:
             return e  # the outermost real one: it carries our message (file, position)
-        cause = getattr(e, "cause", None)
         failures = getattr(e, "worker_failures", None)  # Ray Train's WorkerGroupError: rank → error
         if isinstance(failures, dict) and failures:
             # the lowest rank whose error is ours, not a collective torn down by its failure
-            ranks = sorted(failures)
-            ours = [r for r in ranks if isinstance(root_cause(failures[r]), USER_ERRORS)]
-            cause = failures[(ours or ranks)[0]]
+            return next(filter(None, (_ours(failures[r]) for r in sorted(failures))), None)
+        cause = getattr(e, "cause", None)
         e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
-    return exc
+    return None
 
 
 def run(main: Callable[[list[str] | None], dict[str, Any]], argv: list[str] | None = None) -> int:

@@ -402,19 +402,23 @@ def test_fast_step_skips_a_nonfinite_step_and_reloads_optimizer_state(device, fl
 SMALL_BUCKETS_MB = 0.02
 
 
-def _half_batch_step(cfg, model, opt, world, bucket_mb=0.0):
-    """An uncompiled FastStep on micro-batches of half the batch; one rank keeps the per-tensor
-    update, so the two-rank flat update is checked against the other implementation."""
+def _cpu_step(cfg, model, opt, micro=B // 2, **kw):
+    """An uncompiled FastStep on the CPU, on micro-batches of ``micro`` sequences."""
     return FastStep(
-        model, opt, device=torch.device("cpu"), micro=B // 2, seq_len=L,
-        slots=cfg.max_predictions(L), mask_id=MASK, clip_norm=1.0, compile=False, world=world,
-        flat=world > 1, bucket_mb=bucket_mb,
+        model, opt, device=torch.device("cpu"), micro=micro, seq_len=L, slots=cfg.max_predictions(L),
+        mask_id=MASK, clip_norm=1.0, compile=False, **kw,
     )  # fmt: skip
 
 
-def _two_micro_steps(step, batch, dens, k, ranks, h=B // 2):
-    """Micro-batches ``ranks`` of the batch's two halves, or of its parts of ``h`` sequences
-    (seeded by their index, as the loop does)."""
+def _half_batch_step(cfg, model, opt, world, bucket_mb=0.0):
+    """An uncompiled FastStep on micro-batches of half the batch; one rank keeps the per-tensor
+    update, so the two-rank flat update is checked against the other implementation."""
+    return _cpu_step(cfg, model, opt, world=world, flat=world > 1, bucket_mb=bucket_mb)
+
+
+def _micro_steps(step, batch, dens, k, ranks, h=B // 2):
+    """Micro-batches ``ranks`` of the batch cut into parts of ``h`` sequences (halves by default),
+    each seeded by its index, as the loop does."""
     ids, types, att, m = batch
     for r in ranks:
         sl = slice(r * h, (r + 1) * h)
@@ -454,7 +458,7 @@ def _rank(rank: int, folder: str, bucket_mb: float) -> None:
         assert step.state()["flat"] and step.state()["all_reduce"]
         norms = []
         for k in range(3):
-            _two_micro_steps(step, batch, dens, k, [rank])
+            _micro_steps(step, batch, dens, k, [rank])
             step.step(1e-3)
             norms.append(float(step.grad_norm))
         if rank == 0:
@@ -507,7 +511,7 @@ def test_fast_step_on_two_ranks_equals_one_rank_with_both_micro_batches(tmp_path
     step = _half_batch_step(cfg, model, opt, world=1)
     norms = []
     for k in range(3):
-        _two_micro_steps(step, batch, dens, k, [0, 1])
+        _micro_steps(step, batch, dens, k, [0, 1])
         step.step(1e-3)
         norms.append(float(step.grad_norm))
     assert got["norms"] == pytest.approx(norms, rel=5e-5)  # sums in another order
@@ -521,13 +525,10 @@ def _uneven_rank(rank: int, folder: str) -> None:
     with _gloo(rank, folder):
         cfg, _, model, (_, opt), batch, _ = _setup("cpu")
         mine = [0] if rank == 0 else [1, 2]
-        step = FastStep(
-            model, opt, device=torch.device("cpu"), micro=2, seq_len=L, slots=cfg.max_predictions(L),
-            mask_id=MASK, clip_norm=1.0, compile=False, world=2, bucket_mb=SMALL_BUCKETS_MB, accum=len(mine),
-        )  # fmt: skip
+        step = _cpu_step(cfg, model, opt, micro=2, world=2, bucket_mb=SMALL_BUCKETS_MB, accum=len(mine))
         norms = []
         for k in range(3):
-            _two_micro_steps(step, batch, _dens_of_six(batch), k, mine, h=2)
+            _micro_steps(step, batch, _dens_of_six(batch), k, mine, h=2)
             step.step(1e-3)
             norms.append(float(step.grad_norm))
         if rank == 0:
@@ -551,13 +552,10 @@ def test_ranks_with_uneven_micro_batches_give_the_one_rank_update(tmp_path):
     mp.spawn(_uneven_rank, args=(str(tmp_path),), nprocs=2, join=True)
     got = torch.load(tmp_path / "rank0.pt")
     cfg, _, model, (_, opt), batch, _ = _setup("cpu")
-    step = FastStep(
-        model, opt, device=torch.device("cpu"), micro=2, seq_len=L, slots=cfg.max_predictions(L),
-        mask_id=MASK, clip_norm=1.0, compile=False, world=1,
-    )  # fmt: skip
+    step = _cpu_step(cfg, model, opt, micro=2, world=1)
     norms = []
     for k in range(3):
-        _two_micro_steps(step, batch, _dens_of_six(batch), k, [0, 1, 2], h=2)
+        _micro_steps(step, batch, _dens_of_six(batch), k, [0, 1, 2], h=2)
         step.step(1e-3)
         norms.append(float(step.grad_norm))
     assert got["norms"] == pytest.approx(norms, rel=5e-5)
@@ -570,15 +568,13 @@ def _sum_rank(rank: int, folder: str, bucket_mb: float, wire: str) -> None:
     the gradient the two-worker step's update sees, summed over the ranks in ``wire``."""
     with _gloo(rank, folder):
         cfg, own_model, model, (own_opt, opt), batch, dens = _setup("cpu")
-        kw = dict(device=torch.device("cpu"), micro=B // 2, seq_len=L, slots=cfg.max_predictions(L),
-                  mask_id=MASK, clip_norm=1.0, compile=False, flat=True)  # fmt: skip
-        own = FastStep(own_model, own_opt, world=1, **kw)
-        _two_micro_steps(own, batch, dens, 0, [rank])
+        own = _cpu_step(cfg, own_model, own_opt, world=1)
+        _micro_steps(own, batch, dens, 0, [rank])
         dtype = {"bf16": torch.bfloat16, "fp32": None}[wire]
-        step = FastStep(model, opt, world=2, bucket_mb=bucket_mb, reduce_dtype=dtype, **kw)
+        step = _cpu_step(cfg, model, opt, world=2, bucket_mb=bucket_mb, reduce_dtype=dtype)
         seen, update = [], step._upd
         step._upd = lambda flat, *rest: (seen.append(flat[1].clone()), update(flat, *rest))[1]
-        _two_micro_steps(step, batch, dens, 0, [rank])
+        _micro_steps(step, batch, dens, 0, [rank])
         step.step(1e-3)
         # the last update's (the first ones are the warm-up's)
         torch.save(
@@ -683,9 +679,9 @@ def test_buckets_all_reduced_during_a_compiled_backward(device, wire, tmp_path, 
         ref_step = _half_batch_step(cfg, ref, ref_opt, world=1)
         gpu = device == "cuda"
         for k in range(3):
-            _two_micro_steps(step, batch, dens, k, [0, 1])
+            _micro_steps(step, batch, dens, k, [0, 1])
             step.step(1e-3)
-            _two_micro_steps(ref_step, ref_batch, ref_dens, k, [0, 1])
+            _micro_steps(ref_step, ref_batch, ref_dens, k, [0, 1])
             ref_step.step(1e-3)
             torch.testing.assert_close(
                 step.grad_norm.cpu(), ref_step.grad_norm, rtol=1e-1 if gpu else 1e-5, atol=1e-6
@@ -698,7 +694,7 @@ def test_buckets_all_reduced_during_a_compiled_backward(device, wire, tmp_path, 
             for p, q in zip(ref.parameters(), model.parameters()):
                 torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
         # a step after too few micro-steps is refused: its gradients were never summed over the ranks
-        _two_micro_steps(step, batch, dens, 3, [0])
+        _micro_steps(step, batch, dens, 3, [0])
         with pytest.raises(RuntimeError, match="not summed"):
             step.step(1e-3)
     finally:

@@ -296,8 +296,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             if use_cache and rank == 0
             else 0
         )
-        compiled = {"compile_s": round(took, 1), "cache_loaded": len(cached), "cache_saved": saved}
-        compiled["reduce_dtype"] = fast.reduce_dtype  # None on one worker
+        compiled = {
+            "compile_s": round(took, 1),
+            "cache_loaded": len(cached),
+            "cache_saved": saved,
+            "reduce_dtype": fast.reduce_dtype,  # None on one worker
+        }
         if rank == 0:
             where = f" ({len(cached)} compiled graphs from the run folder)" if cached else ""
             wrote = f"; {saved} written to the run folder's compile cache" if saved else ""
