@@ -45,7 +45,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench_train import SEQ, SPECIAL, VOCAB, arrays  # noqa: E402  (the script's folder is on sys.path)
+from bench_train import SEQ, SPECIAL, VOCAB, arrays, sync  # noqa: E402  (the script's folder is on sys.path)
 
 # the one-GPU fast step (ms) measured on one H200, 2026-11-29 (docs/performance.md): the step
 # several workers run (no second stream), at 128 × 128
@@ -84,13 +84,6 @@ def bus_gbps_for(n: int, table: dict[int, float]) -> float:
     return table[next((s for s in sizes if s >= n), sizes[-1])]
 
 
-def _sync(dev) -> None:
-    import torch
-
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _setup(preset: str, dev, world: int, batch: int, bucket_mb: float):
     import torch
     from bench_train import _model_and_optimizer, make_fast
@@ -115,10 +108,6 @@ def arrival(cfg, model, fast, dev, batch: int, passes: int) -> dict:
 
     grad = fast.flat[1]
     params = [p for p in model.parameters() if p.requires_grad]
-    offset = {id(p): (p.grad.data_ptr() - grad.data_ptr()) // grad.element_size() for p in params}
-    bucket_of = {
-        id(p): next(b for b, (s, e) in enumerate(fast.buckets) if s <= offset[id(p)] < e) for p in params
-    }
     arr = arrays(batch)
     ids, types, att = (torch.from_numpy(x) for x in build_batch(arr, global_rows(0, batch, arr.n, 0), SEQ, 3))
     m = draw_masks(
@@ -131,7 +120,7 @@ def arrival(cfg, model, fast, dev, batch: int, passes: int) -> dict:
 
     def hook(p):
         def at(_grad):
-            _sync(dev)
+            sync(dev)
             seen[id(p)] = time.perf_counter()
 
         return at
@@ -140,19 +129,19 @@ def arrival(cfg, model, fast, dev, batch: int, passes: int) -> dict:
     runs = []
     for i in range(passes + 1):  # the first pass warms up the kernels and the allocator
         seen.clear()
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         with amp:
             loss = model(ids, types, att, m, SPECIAL[3]).loss
-        _sync(dev)
+        sync(dev)
         t1 = time.perf_counter()
         loss.backward()
-        _sync(dev)
+        sync(dev)
         t2 = time.perf_counter()
         grad.zero_()
         done = [t1] * len(fast.buckets)
         for p in params:  # a parameter without a gradient (unused) holds its bucket to the end
-            b = bucket_of[id(p)]
+            b = fast.bucket_of[id(p)]
             done[b] = max(done[b], seen.get(id(p), t2))
         ready, latest = [], t1
         for t in done:  # launched in bucket order: a bucket waits for the ones before it
@@ -178,7 +167,7 @@ def time_allreduce(dist, dev, tensors, iters: int, together: bool = False) -> fl
     times = []
     for i in range(iters + 2):  # two warm-up rounds
         dist.barrier()
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         if together:
             for w in [dist.all_reduce(t, async_op=True) for t in tensors]:
@@ -186,7 +175,7 @@ def time_allreduce(dist, dev, tensors, iters: int, together: bool = False) -> fl
         else:
             for t in tensors:
                 dist.all_reduce(t)
-        _sync(dev)
+        sync(dev)
         if i >= 2:
             times.append((time.perf_counter() - t0) * 1e3)
     med = torch.tensor([statistics.median(times)], device=dev, dtype=torch.float64)
@@ -323,7 +312,6 @@ def worker(rank: int, world: int, folder: str | None, a) -> None:
                 say(f"  {r['scaling']:>7} {r['gpus']:5} {r['per_gpu_batch']:10} {r['compute_ms']:11.2f} "
                     f"{r['allreduce_ms']:14.2f} {r['exposed_ms']:11.2f} {r['efficiency']:11.1%} "
                     f"{r['efficiency_no_overlap']:11.1%}  {r['source']}")  # fmt: skip
-            del m
         say(json.dumps(out))
     finally:
         dist.barrier()
@@ -376,9 +364,8 @@ def main() -> None:
     import torch
 
     cuda = a.device == "cuda"
-    if cuda:
-        if not torch.cuda.is_available():
-            p.error("--device cuda: no GPU is visible")
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda: no GPU is visible")
     if a.batch is None:
         a.batch = 128 if cuda else 8
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun

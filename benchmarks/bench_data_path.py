@@ -38,7 +38,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_train import SEQ, SPECIAL  # noqa: E402  (the script's folder is on sys.path)
+from bench_train import SEQ, SPECIAL, sync  # noqa: E402  (the script's folder is on sys.path)
 
 from electra_ray.config import model_preset  # noqa: E402
 from electra_ray.model.masking import masked_batch  # noqa: E402
@@ -111,17 +111,13 @@ def main() -> None:
         f"corpus: {arr.n:,} instances, {arr.offsets[-1]:,} tokens ({arr.ids.nbytes / 1e9:.2f} GB as uint16)"
     )
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     rss0 = rss_mb()
     t = time.perf_counter()
     train_rows, _ = split_rows(arr.n, a.eval_instances, SEED)
     split_s = time.perf_counter() - t
     t = time.perf_counter()
     data = DeviceInstances(arr, dev)
-    sync()
+    sync(dev)
     out["setup"] = {
         "split_rows_s": round(split_s, 2),
         "device_instances_s": round(time.perf_counter() - t, 2),
@@ -143,10 +139,10 @@ def main() -> None:
     per_epoch = len(train_rows) // BATCH
     starts = []
     for cursor in (0, per_epoch):
-        sync()
+        sync(dev)
         t = time.perf_counter()
         build(cursor)
-        sync()
+        sync(dev)
         starts.append(time.perf_counter() - t)
     out["epoch_start"] = {
         "s": round(max(starts), 3),
@@ -165,7 +161,7 @@ def main() -> None:
 
     for c in list(cursors)[:3]:  # warm-up
         build(c)
-    sync()
+    sync(dev)
     if dev.type == "cuda":
         ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in cursors]
         enqueue = 0.0
@@ -175,7 +171,7 @@ def main() -> None:
             build(c)
             e1.record()
             enqueue += time.perf_counter() - t
-        sync()
+        sync(dev)
         fast = {
             "host_ms": 1e3 * enqueue / a.steps,
             "device_ms": sum(e0.elapsed_time(e1) for e0, e1 in ev) / a.steps,
@@ -189,7 +185,7 @@ def main() -> None:
     t = time.perf_counter()
     for c in cursors:
         rows = train_rows[global_rows(c, BATCH, len(train_rows), SEED)]
-        masked_batch(arr, rows, SEQ, PAD, mask_kw["special_ids"], mcfg, SEED, c)
+        masked_batch(arr, rows, SEQ, PAD, SPECIAL, mcfg, SEED, c)
     plain_ms = 1e3 * (time.perf_counter() - t) / a.steps
 
     share = lambda ms: round(ms / a.step_ms, 4)  # noqa: E731

@@ -191,6 +191,14 @@ def batch_builder(data, order, batch: int, slots: int):
     return lambda k: device_batch(data, order[k * batch : (k + 1) * batch], SEQ, pad, key=k, **mask_kw)
 
 
+def sync(device) -> None:
+    """Wait for the device's queued work (a GPU; nothing on a CPU): ``device`` a name or a torch.device."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class _Clock:
     """Wall time of a window of steps: synchronises the device at the window's ends only."""
 
@@ -198,10 +206,7 @@ class _Clock:
         self.device = device
 
     def now(self) -> float:
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+        sync(self.device)
         return time.perf_counter()
 
 

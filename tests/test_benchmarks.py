@@ -108,9 +108,8 @@ def test_the_scaling_model_exposes_what_the_backward_pass_cannot_hide():
     m = _bench_allreduce()
     assert m.exposed_ms(10.0, [0.1, 0.2], [1.0, 1.0]) == 0.0  # both done long before the end
     assert m.exposed_ms(10.0, [0.5, 1.0], [2.0, 3.0]) == pytest.approx(3.0)  # the last one is all exposed
-    assert m.exposed_ms(10.0, [0.9, 0.9], [2.0, 3.0]) == pytest.approx(
-        4.0
-    )  # the second queues behind the first
+    # the second queues behind the first
+    assert m.exposed_ms(10.0, [0.9, 0.9], [2.0, 3.0]) == pytest.approx(4.0)
     assert m.exposed_ms(10.0, [0.0], [25.0]) == pytest.approx(15.0)
     # a ring moves 2(n-1)/n of the bytes per GPU: 1 GB over 8 GPUs at 400 GB/s, plus the latency
     assert m.ring_ms(1e9, 8, 400.0, 0.0) == pytest.approx(4.375)

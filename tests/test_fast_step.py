@@ -425,6 +425,24 @@ def _micro_steps(step, batch, dens, k, ranks, h=B // 2):
         step.micro_step(ids[sl], types[sl], att[sl], m.rows(r * h, (r + 1) * h), *dens, seed=100 * k + r)
 
 
+def _three_steps(step, batch, dens, ranks, h=B // 2) -> list[float]:
+    """Three steps, each on micro-batches ``ranks`` of the batch (``_micro_steps``): their gradient norms."""
+    norms = []
+    for k in range(3):
+        _micro_steps(step, batch, dens, k, ranks, h)
+        step.step(1e-3)
+        norms.append(float(step.grad_norm))
+    return norms
+
+
+def _assert_trained_alike(got, model, norms):
+    """Rank 0's saved gradient norms and parameters (``got``) are the one-rank run's (``model``,
+    ``norms``), to the sums' other order."""
+    assert got["norms"] == pytest.approx(norms, rel=5e-5)
+    for want, p in zip(model.parameters(), got["params"]):
+        torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-6)
+
+
 @contextlib.contextmanager
 def _gloo(rank: int, folder: str):
     """Rank ``rank`` of a two-rank gloo group for the block; the process ends with it. Both ranks
@@ -456,11 +474,7 @@ def _rank(rank: int, folder: str, bucket_mb: float) -> None:
                     p.add_(1.0)
         step = _half_batch_step(cfg, model, opt, world=2, bucket_mb=bucket_mb)
         assert step.state()["flat"] and step.state()["all_reduce"]
-        norms = []
-        for k in range(3):
-            _micro_steps(step, batch, dens, k, [rank])
-            step.step(1e-3)
-            norms.append(float(step.grad_norm))
+        norms = _three_steps(step, batch, dens, [rank])
         if rank == 0:
             torch.save(
                 {
@@ -509,14 +523,7 @@ def test_fast_step_on_two_ranks_equals_one_rank_with_both_micro_batches(tmp_path
         assert got["buckets"] == 0 and got["launched"] == []
     cfg, _, model, (_, opt), batch, dens = _setup("cpu")
     step = _half_batch_step(cfg, model, opt, world=1)
-    norms = []
-    for k in range(3):
-        _micro_steps(step, batch, dens, k, [0, 1])
-        step.step(1e-3)
-        norms.append(float(step.grad_norm))
-    assert got["norms"] == pytest.approx(norms, rel=5e-5)  # sums in another order
-    for want, p in zip(model.parameters(), got["params"]):
-        torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-6)
+    _assert_trained_alike(got, model, _three_steps(step, batch, dens, [0, 1]))
 
 
 def _uneven_rank(rank: int, folder: str) -> None:
@@ -526,11 +533,7 @@ def _uneven_rank(rank: int, folder: str) -> None:
         cfg, _, model, (_, opt), batch, _ = _setup("cpu")
         mine = [0] if rank == 0 else [1, 2]
         step = _cpu_step(cfg, model, opt, micro=2, world=2, bucket_mb=SMALL_BUCKETS_MB, accum=len(mine))
-        norms = []
-        for k in range(3):
-            _micro_steps(step, batch, _dens_of_six(batch), k, mine, h=2)
-            step.step(1e-3)
-            norms.append(float(step.grad_norm))
+        norms = _three_steps(step, batch, _dens_of_six(batch), mine, h=2)
         if rank == 0:
             torch.save(
                 {"params": [p.detach() for p in model.parameters()], "norms": norms}, f"{folder}/rank0.pt"
@@ -553,14 +556,7 @@ def test_ranks_with_uneven_micro_batches_give_the_one_rank_update(tmp_path):
     got = torch.load(tmp_path / "rank0.pt")
     cfg, _, model, (_, opt), batch, _ = _setup("cpu")
     step = _cpu_step(cfg, model, opt, micro=2, world=1)
-    norms = []
-    for k in range(3):
-        _micro_steps(step, batch, _dens_of_six(batch), k, [0, 1, 2], h=2)
-        step.step(1e-3)
-        norms.append(float(step.grad_norm))
-    assert got["norms"] == pytest.approx(norms, rel=5e-5)
-    for want, p in zip(model.parameters(), got["params"]):
-        torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-6)
+    _assert_trained_alike(got, model, _three_steps(step, batch, _dens_of_six(batch), [0, 1, 2], h=2))
 
 
 def _sum_rank(rank: int, folder: str, bucket_mb: float, wire: str) -> None:

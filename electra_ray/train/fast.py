@@ -490,7 +490,8 @@ class FastStep:
     counts. ``acc`` holds the metric sums since the last ``acc.zero_()``, ``bad`` the number of
     skipped (non-finite) steps, ``grad_norm`` the last step's gradient norm; ``launched`` lists, for
     the last all-reduced micro-batch, how many parameters' gradients had arrived when each bucket's
-    all-reduce was launched (all of them: no overlap).
+    all-reduce was launched (all of them: no overlap). ``buckets`` lists the buckets' ``(start,
+    end)`` in the flat gradient, ``bucket_of`` maps ``id(parameter)`` to its bucket's index.
 
     ``reduce_dtype`` (e.g. ``torch.bfloat16``): the gradient is summed over the ranks in that dtype
     (half the bytes on the wire; the sum rounded to it), through a buffer of its own.
@@ -585,6 +586,7 @@ class FastStep:
         # buckets of the flat gradient all-reduced during the backward pass (not beside ``overlap``,
         # whose two backward passes would each deliver a part of the shared embeddings' gradient)
         self.buckets: list[tuple[int, int]] = []
+        self.bucket_of: dict[int, int] = {}  # id(parameter) → its bucket
         self.launched: list[int] = []
         self.cut = False  # the compiled forward is cut into pieces along the buckets
         if self.all_reduce and bucket_mb > 0 and not overlap:
@@ -665,10 +667,9 @@ class FastStep:
         assert self.flat is not None
         size = self.flat[1].element_size()
         order = sorted(self._params, key=lambda p: self._offset[id(p)])
-        self._bucket_of: dict[int, int] = {}
         start = off = 0
         for p in order:
-            self._bucket_of[id(p)] = len(self.buckets)
+            self.bucket_of[id(p)] = len(self.buckets)
             off = self._offset[id(p)] + p.numel()
             if (off - start) * size >= cap:
                 self.buckets.append((start, off))
@@ -676,7 +677,7 @@ class FastStep:
         if off > start:
             self.buckets.append((start, off))
         self._expected = [0] * len(self.buckets)  # gradients a bucket waits for
-        for b in self._bucket_of.values():
+        for b in self.bucket_of.values():
             self._expected[b] += 1
         self._pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.buckets]
         self._next = 0  # buckets are flushed (and launched) in index order: the same on every rank
@@ -687,7 +688,7 @@ class FastStep:
         self._hooks = [p.register_hook(self._hook(p)) for p in order]
 
     def _hook(self, p: torch.nn.Parameter) -> Callable[[torch.Tensor], None]:
-        bucket = self._bucket_of[id(p)]
+        bucket = self.bucket_of[id(p)]
 
         def arrived(grad: torch.Tensor) -> None:
             if not self._collect:  # a backward pass outside the fast step's micro-steps
@@ -796,7 +797,7 @@ class FastStep:
             for p, g in zip(self._params, grads):
                 if g is None and id(p) not in self._unused:  # its hook never runs: stop waiting for it
                     self._unused.add(id(p))
-                    self._expected[self._bucket_of[id(p)]] -= 1
+                    self._expected[self.bucket_of[id(p)]] -= 1
             while self._next < len(self.buckets):  # complete but behind an unused parameter's bucket
                 self._flush(self._next)
             self._land(self._works)
